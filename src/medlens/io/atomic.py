@@ -1,0 +1,80 @@
+"""Write-to-temp-then-rename, so a crash never leaves half a file behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from medlens.errors import MedlensError
+
+# Multi-part suffixes the writers care about (the temp file must keep them so that
+# libraries that pick the format from the name write the right one).
+_DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz")
+
+
+def full_suffix(path: str | Path) -> str:
+    """``.nii.gz`` for ``a.nii.gz``, ``.png`` for ``a.png`` (lower case)."""
+    name = Path(path).name.lower()
+    for suffix in _DOUBLE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return Path(name).suffix
+
+
+def prepare_output(path: str | Path, *, overwrite: bool = True) -> Path:
+    """Check that ``path`` can be written: parent folder creatable, no clash unless allowed."""
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise MedlensError("output path is a folder, expected a file name", path=path)
+    if path.exists() and not overwrite:
+        raise MedlensError("output exists", path=path, hint="pass --overwrite to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedlensError(
+            f"cannot create output folder ({error.strerror or error})",
+            path=path.parent,
+            hint="choose a writable output location",
+        ) from None
+    if not os.access(path.parent, os.W_OK):
+        raise MedlensError(
+            "output folder is not writable", path=path.parent, hint="choose another location"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` only on success.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> with atomic_output(folder / "a.txt") as temporary:
+        ...     _ = temporary.write_text("done")
+        >>> (folder / "a.txt").read_text()
+        'done'
+    """
+    path = prepare_output(path, overwrite=overwrite)
+    suffix = full_suffix(path)
+    try:
+        handle, temporary_name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent
+        )
+    except OSError as error:
+        raise MedlensError(
+            f"cannot write output ({error.strerror or error})",
+            path=path,
+            hint="choose a writable output location",
+        ) from None
+    os.close(handle)
+    temporary = Path(temporary_name)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,539 @@
+"""DICOM reading: a series folder, a single file, or an enhanced multi-frame file.
+
+Slices are sorted by ImagePositionPatient projected on the slice normal (never by file name
+or InstanceNumber), RescaleSlope/Intercept are applied, and compressed transfer syntaxes are
+decoded by pydicom's installed pixel plugins (pylibjpeg, pyjpegls). Files are parsed in
+parallel and pixels are decoded straight into one preallocated array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from medlens.errors import MedlensError, MedlensWarning
+from medlens.image import Image
+
+#: Relative tolerance on slice spacing before a series counts as non-uniform.
+SPACING_TOLERANCE = 0.01
+#: Angle (degrees) between the slice stacking direction and the slice normal that counts as
+#: gantry tilt. Real series show ~0.1 degree from rounded ImagePositionPatient values; real
+#: tilts are several degrees.
+TILT_TOLERANCE_DEG = 0.25
+
+_UNCOMPRESSED = {
+    pydicom.uid.ImplicitVRLittleEndian,
+    pydicom.uid.ExplicitVRLittleEndian,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesInfo:
+    """One series found in a folder."""
+
+    series_instance_uid: str
+    description: str
+    modality: str
+    num_files: int
+
+    def line(self) -> str:
+        return (
+            f"{self.series_instance_uid}  {self.modality or '?':4s} "
+            f"{self.num_files:4d} files  {self.description or '(no description)'}"
+        )
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True if the file has the DICM preamble (or parses as DICOM without one)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            if handle.read(4) == b"DICM":
+                return True
+        pydicom.dcmread(path, stop_before_pixels=True, force=False)
+        return True
+    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError):
+        return False
+
+
+def _list_files(folder: Path) -> list[Path]:
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith(".") or name.upper() == "DICOMDIR":
+                continue
+            files.append(Path(root) / name)
+    return files
+
+
+def _read_header(path: Path) -> Dataset | None:
+    try:
+        # defer_size keeps pixel data on disk until it is decoded (one parse per file).
+        return pydicom.dcmread(path, defer_size="64 KB")
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def _parallel_map(function: Any, items: Sequence[Any]) -> list[Any]:
+    if len(items) < 8:
+        return [function(item) for item in items]
+    workers = min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, items))
+
+
+def list_series(folder: str | Path) -> list[SeriesInfo]:
+    """The series in a DICOM folder (recursively), largest first."""
+    datasets = [ds for ds in _parallel_map(_read_header, _list_files(Path(folder))) if ds]
+    return _summarise_series(_group_by_series(datasets))
+
+
+def _group_by_series(datasets: Sequence[Dataset]) -> dict[str, list[Dataset]]:
+    groups: dict[str, list[Dataset]] = {}
+    for dataset in datasets:
+        if "PixelData" not in dataset and dataset.get("Modality") != "SEG":
+            continue  # SR, presentation states and other non-image objects
+        groups.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append(dataset)
+    return groups
+
+
+def _summarise_series(groups: dict[str, list[Dataset]]) -> list[SeriesInfo]:
+    infos = [
+        SeriesInfo(
+            series_instance_uid=uid,
+            description=str(items[0].get("SeriesDescription", "")),
+            modality=str(items[0].get("Modality", "")),
+            num_files=len(items),
+        )
+        for uid, items in groups.items()
+    ]
+    return sorted(infos, key=lambda info: -info.num_files)
+
+
+def read_dicom(
+    path: str | Path,
+    *,
+    series_uid: str | None = None,
+    resample_nonuniform: bool = False,
+) -> Image:
+    """Read a DICOM file or series folder into an :class:`Image` (LPS geometry).
+
+    Args:
+        path: a DICOM file, or a folder holding one series (searched recursively).
+        series_uid: SeriesInstanceUID to pick when the folder holds several series.
+        resample_nonuniform: linearly resample a series with non-uniform slice spacing onto
+            a uniform grid instead of refusing it.
+
+    A DICOM SEG file is read as a label map.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MedlensError("no such file or folder", path=path, hint="check the path")
+    if path.is_file():
+        dataset = _read_header(path)
+        if dataset is None:
+            raise MedlensError(
+                "not a readable DICOM file (no DICOM header)",
+                path=path,
+                hint="check that it is a DICOM file and not truncated or another format",
+            )
+        if dataset.get("Modality") == "SEG":
+            from medlens.io.seg import read_dicom_seg
+
+            return read_dicom_seg(path)
+        return _volume_from_datasets([dataset], path)
+
+    files = _list_files(path)
+    if not files:
+        raise MedlensError("folder is empty", path=path, hint="point to a folder of DICOM files")
+    datasets = _parallel_map(_read_header, files)
+    unreadable = [str(file) for file, ds in zip(files, datasets, strict=True) if ds is None]
+    groups = _group_by_series([ds for ds in datasets if ds is not None])
+    if not groups:
+        raise MedlensError(
+            f"no DICOM images found among {len(files)} files",
+            path=path,
+            hint="point to a folder of DICOM image files",
+        )
+    if unreadable:
+        warnings.warn(
+            f"{path}: skipped {len(unreadable)} files that are not DICOM: "
+            + ", ".join(unreadable[:5])
+            + (" ..." if len(unreadable) > 5 else ""),
+            MedlensWarning,
+            stacklevel=2,
+        )
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise MedlensError(
+                f"series {series_uid} not found; series here:\n  "
+                + "\n  ".join(info.line() for info in _summarise_series(groups)),
+                path=path,
+            )
+        chosen = groups[series_uid]
+    elif len(groups) > 1:
+        raise MedlensError(
+            f"folder holds {len(groups)} series; pick one with --series UID:\n  "
+            + "\n  ".join(info.line() for info in _summarise_series(groups)),
+            path=path,
+        )
+    else:
+        chosen = next(iter(groups.values()))
+    if chosen[0].get("Modality") == "SEG":
+        from medlens.io.seg import read_dicom_seg
+
+        return read_dicom_seg(Path(chosen[0].filename))
+    return _volume_from_datasets(chosen, path, resample_nonuniform=resample_nonuniform)
+
+
+# --------------------------------------------------------------------------- geometry
+def _float_list(value: Any, length: int) -> np.ndarray | None:
+    if value is None:
+        return None
+    try:
+        values = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return values if values.shape == (length,) else None
+
+
+@dataclasses.dataclass
+class _Frame:
+    """One 2D frame of a series: where it is and how to get its pixels."""
+
+    dataset: Dataset
+    frame_index: int | None  # None for single-frame files
+    position: np.ndarray | None
+    orientation: np.ndarray | None
+    pixel_spacing: np.ndarray | None
+    slope: float
+    intercept: float
+
+
+def _functional(dataset: Dataset, frame_index: int, sequence: str, attribute: str) -> Any:
+    """Look an attribute up in the per-frame, then the shared functional groups."""
+    for groups_name, index in (
+        ("PerFrameFunctionalGroupsSequence", frame_index),
+        ("SharedFunctionalGroupsSequence", 0),
+    ):
+        groups = dataset.get(groups_name)
+        if not groups or index >= len(groups):
+            continue
+        item = groups[index].get(sequence)
+        if item and attribute in item[0]:
+            return item[0][attribute].value
+    return None
+
+
+def _frames_of(dataset: Dataset) -> list[_Frame]:
+    num_frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    slope = float(dataset.get("RescaleSlope", 1) or 1)
+    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    if int(dataset.get("SamplesPerPixel", 1)) > 1:
+        slope, intercept = 1.0, 0.0  # the modality LUT does not apply to colour pixels
+    spacing = _float_list(dataset.get("PixelSpacing"), 2)
+    if spacing is None:
+        spacing = _float_list(dataset.get("ImagerPixelSpacing"), 2)
+    if num_frames == 1 and "PerFrameFunctionalGroupsSequence" not in dataset:
+        return [
+            _Frame(
+                dataset,
+                None,
+                _float_list(dataset.get("ImagePositionPatient"), 3),
+                _float_list(dataset.get("ImageOrientationPatient"), 6),
+                spacing,
+                slope,
+                intercept,
+            )
+        ]
+    frames = []
+    for index in range(num_frames):
+        position = _functional(dataset, index, "PlanePositionSequence", "ImagePositionPatient")
+        orientation = _functional(
+            dataset, index, "PlaneOrientationSequence", "ImageOrientationPatient"
+        )
+        frame_spacing = _functional(dataset, index, "PixelMeasuresSequence", "PixelSpacing")
+        frame_slope = _functional(
+            dataset, index, "PixelValueTransformationSequence", "RescaleSlope"
+        )
+        frame_intercept = _functional(
+            dataset, index, "PixelValueTransformationSequence", "RescaleIntercept"
+        )
+        frames.append(
+            _Frame(
+                dataset,
+                index,
+                _float_list(position, 3)
+                if position is not None
+                else _float_list(dataset.get("ImagePositionPatient"), 3),
+                _float_list(orientation, 6)
+                if orientation is not None
+                else _float_list(dataset.get("ImageOrientationPatient"), 6),
+                _float_list(frame_spacing, 2) if frame_spacing is not None else spacing,
+                float(frame_slope) if frame_slope is not None else slope,
+                float(frame_intercept) if frame_intercept is not None else intercept,
+            )
+        )
+    return frames
+
+
+def _slice_geometry(
+    frames: list[_Frame], source: Path, *, resample_nonuniform: bool
+) -> tuple[list[_Frame], np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """Sort frames along the normal.
+
+    Returns frames, spacing, origin, direction and, for a non-uniform series that is to be
+    resampled, the measured and the uniform slice distances along the normal.
+    """
+    first = frames[0]
+    in_plane = first.pixel_spacing if first.pixel_spacing is not None else np.ones(2)
+    located = all(f.position is not None and f.orientation is not None for f in frames)
+    if not located:
+        # No patient geometry (secondary capture, photos, cine): stack frames as given.
+        thickness = float(first.dataset.get("SpacingBetweenSlices", 0) or 0) or 1.0
+        spacing = np.array([in_plane[1], in_plane[0], thickness])
+        return frames, spacing, np.zeros(3), np.eye(3), None
+
+    orientation = first.orientation
+    assert orientation is not None
+    if any(not np.allclose(f.orientation, orientation, atol=1e-4) for f in frames):
+        raise MedlensError(
+            "slices have different ImageOrientationPatient (several stacks in one series?)",
+            path=source,
+            hint="split the series, e.g. by acquisition, before reading",
+        )
+    row_direction, column_direction = orientation[:3], orientation[3:]
+    normal = np.cross(row_direction, column_direction)
+    direction = np.stack([row_direction, column_direction, normal], axis=1)
+    distances = np.array([float(np.dot(f.position, normal)) for f in frames])
+    order = np.argsort(distances, kind="stable")
+    frames = [frames[i] for i in order]
+    distances = distances[order]
+    positions = np.stack([f.position for f in frames])  # type: ignore[misc]
+
+    if len(frames) == 1:
+        thickness = float(
+            first.dataset.get("SpacingBetweenSlices", 0)
+            or first.dataset.get("SliceThickness", 0)
+            or 1.0
+        )
+        spacing = np.array([in_plane[1], in_plane[0], thickness])
+        return frames, spacing, positions[0], direction, None
+
+    steps = np.diff(distances)
+    if np.any(steps < 1e-4):
+        duplicates = int(np.sum(steps < 1e-4))
+        raise MedlensError(
+            f"{duplicates} slices share a position with another slice "
+            "(several acquisitions or echoes in one series?)",
+            path=source,
+            hint="split the series by AcquisitionNumber/EchoNumbers or pass one folder per volume",
+        )
+    stack_vector = positions[-1] - positions[0]
+    cosine = float(np.dot(stack_vector, normal) / np.linalg.norm(stack_vector))
+    tilt_deg = float(np.degrees(np.arccos(min(1.0, abs(cosine)))))
+    if tilt_deg > TILT_TOLERANCE_DEG:
+        raise MedlensError(
+            f"gantry tilt of {tilt_deg:.2f} degrees detected (slices are sheared, not stacked "
+            "along their normal)",
+            path=source,
+            hint="resample the series onto an orthogonal grid first (e.g. with a tilt-correcting "
+            "converter); medlens refuses rather than misplace voxels",
+        )
+    # Like ITK's ImageSeriesReader: first-to-last distance over the number of gaps.
+    slice_spacing = float(np.linalg.norm(stack_vector)) / (len(frames) - 1)
+    deviation = float(np.max(np.abs(steps - slice_spacing)))
+    uniform_positions = None
+    if deviation > SPACING_TOLERANCE * slice_spacing:
+        message = (
+            f"non-uniform slice spacing: steps from {steps.min():.4g} to {steps.max():.4g} mm "
+            f"(median {slice_spacing:.4g} mm)"
+        )
+        if not resample_nonuniform:
+            raise MedlensError(
+                message + " (missing slices?)",
+                path=source,
+                hint="pass --resample-nonuniform to resample onto a uniform grid",
+            )
+        warnings.warn(f"{source}: {message}; resampled linearly", MedlensWarning, stacklevel=3)
+        count = int(round((distances[-1] - distances[0]) / slice_spacing)) + 1
+        uniform_positions = (distances, distances[0] + slice_spacing * np.arange(count))
+    spacing = np.array([in_plane[1], in_plane[0], slice_spacing])
+    return frames, spacing, positions[0], direction, uniform_positions
+
+
+# --------------------------------------------------------------------------- pixels
+def _output_dtype(frames: list[_Frame]) -> np.dtype:
+    dataset = frames[0].dataset
+    if int(dataset.get("SamplesPerPixel", 1)) > 1:
+        return (
+            np.dtype(np.uint8) if int(dataset.get("BitsAllocated", 8)) == 8 else np.dtype(np.uint16)
+        )
+    integral = all(f.slope == 1 and float(f.intercept).is_integer() for f in frames)
+    if not integral:
+        return np.dtype(np.float32)
+    bits_stored = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 16)))
+    signed = int(dataset.get("PixelRepresentation", 0)) == 1
+    low = -(2 ** (bits_stored - 1)) if signed else 0
+    high = 2 ** (bits_stored - 1) - 1 if signed else 2**bits_stored - 1
+    intercepts = [f.intercept for f in frames]
+    low, high = low + min(intercepts), high + max(intercepts)
+    if all(f.intercept == 0 for f in frames) and not signed and bits_stored <= 8:
+        return np.dtype(np.uint8)
+    if low >= -32768 and high <= 32767:
+        return np.dtype(np.int16)
+    if low >= 0 and high <= 65535:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+def _native_pixels(dataset: Dataset) -> np.ndarray | None:
+    """Fast path for uncompressed single-frame grey images: view the bytes, no copy."""
+    if dataset.file_meta.get("TransferSyntaxUID") not in _UNCOMPRESSED:
+        return None
+    bits = int(dataset.get("BitsAllocated", 0))
+    if (
+        int(dataset.get("SamplesPerPixel", 1)) != 1
+        or bits not in (8, 16, 32)
+        or int(dataset.get("BitsStored", bits)) != bits
+        or int(dataset.get("NumberOfFrames", 1) or 1) != 1
+    ):
+        return None
+    signed = int(dataset.get("PixelRepresentation", 0)) == 1
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    data = dataset.PixelData
+    if len(data) < rows * columns * dtype.itemsize:
+        return None  # let pydicom produce its own error for short data
+    return np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
+
+
+def _decode_frame(frame: _Frame, source: Path) -> np.ndarray:
+    dataset = frame.dataset
+    try:
+        if frame.frame_index is None:
+            pixels = _native_pixels(dataset)
+            if pixels is None:
+                pixels = dataset.pixel_array
+        else:
+            pixels = pydicom.pixels.pixel_array(dataset, index=frame.frame_index)
+    except Exception as error:  # pydicom raises many types for broken pixel data
+        filename = getattr(dataset, "filename", None) or source
+        raise MedlensError(
+            f"cannot decode pixel data ({type(error).__name__}: {error})",
+            path=filename,
+            hint="the file may be truncated or use a transfer syntax without an installed "
+            "decoder (install pylibjpeg plugins or python-gdcm)",
+        ) from None
+    return pixels
+
+
+def _volume_from_datasets(
+    datasets: list[Dataset], source: Path, *, resample_nonuniform: bool = False
+) -> Image:
+    frames = [frame for dataset in datasets for frame in _frames_of(dataset)]
+    for frame in frames:
+        if "PixelData" not in frame.dataset:
+            raise MedlensError("DICOM file has no pixel data", path=frame.dataset.filename)
+    frames, spacing, origin, direction, resample = _slice_geometry(
+        frames, source, resample_nonuniform=resample_nonuniform
+    )
+    first = frames[0].dataset
+    rows, columns = int(first.Rows), int(first.Columns)
+    for frame in frames:
+        if (int(frame.dataset.Rows), int(frame.dataset.Columns)) != (rows, columns):
+            raise MedlensError(
+                "slices differ in size "
+                f"({rows}x{columns} vs {frame.dataset.Rows}x{frame.dataset.Columns})",
+                path=frame.dataset.filename or source,
+                hint="the folder mixes images of different series or localisers",
+            )
+    samples = int(first.get("SamplesPerPixel", 1))
+    dtype = _output_dtype(frames)
+    # (K, rows, columns[, samples]) buffer, filled in place; exposed as (C, I, J, K) views.
+    buffer = np.empty((len(frames), rows, columns, samples), dtype=dtype)
+
+    def fill(index: int) -> None:
+        frame = frames[index]
+        pixels = _decode_frame(frame, source)
+        if pixels.ndim == 2:
+            pixels = pixels[..., None]
+        if pixels.shape != (rows, columns, samples):
+            raise MedlensError(
+                f"pixel data has shape {pixels.shape}, expected {(rows, columns, samples)}",
+                path=frame.dataset.filename or source,
+            )
+        target = buffer[index]
+        if frame.slope == 1 and frame.intercept == 0:
+            target[...] = pixels
+        elif dtype.kind == "f":
+            np.multiply(pixels, np.float32(frame.slope), out=target, casting="unsafe")
+            target += np.float32(frame.intercept)
+        else:
+            np.copyto(target, pixels, casting="unsafe")
+            target += dtype.type(frame.intercept)
+
+    _parallel_map(fill, list(range(len(frames))))
+    array = buffer.transpose(3, 2, 1, 0)  # (C, I=columns, J=rows, K=slices), no copy
+    if resample is not None:
+        array = _resample_slices(array, *resample)
+    modality = str(first.get("Modality", ""))
+    return Image(
+        array,
+        spacing_mm=spacing,
+        origin_mm=origin,
+        direction=direction,
+        modality=modality,
+        metadata=_series_metadata(frames, source),
+    )
+
+
+def _resample_slices(array: np.ndarray, distances: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Linear interpolation along k from measured to uniform slice positions."""
+    upper = np.clip(np.searchsorted(distances, targets, side="right"), 1, len(distances) - 1)
+    lower = upper - 1
+    weight = ((targets - distances[lower]) / (distances[upper] - distances[lower])).astype(
+        np.float32
+    )
+    values = array.astype(np.float32)
+    return values[..., lower] * (1 - weight) + values[..., upper] * weight
+
+
+def _series_metadata(frames: list[_Frame], source: Path) -> dict[str, Any]:
+    first = frames[0].dataset
+    patient = {
+        "name": str(first.get("PatientName", "")),
+        "id": str(first.get("PatientID", "")),
+        "birth_date": str(first.get("PatientBirthDate", "")),
+        "sex": str(first.get("PatientSex", "")),
+    }
+    files = []
+    for frame in frames:
+        filename = str(frame.dataset.filename) if frame.dataset.filename else ""
+        if not files or files[-1] != filename:
+            files.append(filename)
+    return {
+        "format": "dicom",
+        "path": str(source),
+        "study_instance_uid": str(first.get("StudyInstanceUID", "")),
+        "series_instance_uid": str(first.get("SeriesInstanceUID", "")),
+        "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
+        "sop_class_uid": str(first.get("SOPClassUID", "")),
+        "sop_instance_uids": [str(f.dataset.get("SOPInstanceUID", "")) for f in frames],
+        "series_description": str(first.get("SeriesDescription", "")),
+        "transfer_syntax": str(first.file_meta.get("TransferSyntaxUID", "")),
+        "photometric_interpretation": str(first.get("PhotometricInterpretation", "")),
+        "source_files": files,
+        "patient": patient,
+    }
