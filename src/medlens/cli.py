@@ -33,6 +33,12 @@ app = typer.Typer(
 stdout = Console()
 stderr = Console(stderr=True)
 
+train_app = typer.Typer(
+    help="Train a model: `medlens train seg DATA --out RUN`, `medlens train detect DATA`.",
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
+
 SeriesOption = Annotated[
     str | None, typer.Option("--series", help="SeriesInstanceUID to pick from a DICOM folder.")
 ]
