@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model as load_safetensors_into
+from safetensors.torch import save_model as save_safetensors
 
 from medlens.errors import MedlensError
 from medlens.io.atomic import atomic_output
@@ -105,9 +106,9 @@ def save_model(model: torch.nn.Module, folder: str | Path, card: ModelCard) -> M
     """Write weights and card (with the weights' sha256) atomically into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_output(folder / WEIGHTS_NAME) as temporary:
-        save_file(state, str(temporary))
+        # save_model de-duplicates tensors shared between modules (MONAI's DynUNet has some)
+        save_safetensors(model, str(temporary))
         size = temporary.stat().st_size
         if size > MAX_WEIGHTS_BYTES:
             raise MedlensError(
@@ -161,7 +162,7 @@ def load_model(
             )
     network = build_network(card)
     try:
-        network.load_state_dict(load_file(str(weights), device=str(device)))
+        load_safetensors_into(network, str(weights), device=str(device))
     except RuntimeError as error:
         raise MedlensError(f"weights do not fit the architecture ({error})", path=weights) from None
     return network.to(device).eval(), card
