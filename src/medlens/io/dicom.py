@@ -358,7 +358,7 @@ def _slice_geometry(
     if deviation > SPACING_TOLERANCE * slice_spacing:
         message = (
             f"non-uniform slice spacing: steps from {steps.min():.4g} to {steps.max():.4g} mm "
-            f"(median {slice_spacing:.4g} mm)"
+            f"(median {float(np.median(steps)):.4g} mm)"
         )
         if not resample_nonuniform:
             raise MedlensError(
@@ -366,7 +366,14 @@ def _slice_geometry(
                 path=source,
                 hint="pass --resample-nonuniform to resample onto a uniform grid",
             )
-        warnings.warn(f"{source}: {message}; resampled linearly", MedlensWarning, stacklevel=3)
+        # Resample onto the median step: with a missing slice that is the scanner's own grid,
+        # so every acquired slice keeps its exact values and only the gap is interpolated.
+        slice_spacing = float(np.median(steps))
+        warnings.warn(
+            f"{source}: {message}; resampled linearly to {slice_spacing:.4g} mm",
+            MedlensWarning,
+            stacklevel=3,
+        )
         count = int(round((distances[-1] - distances[0]) / slice_spacing)) + 1
         uniform_positions = (distances, distances[0] + slice_spacing * np.arange(count))
     spacing = np.array([in_plane[1], in_plane[0], slice_spacing])
@@ -489,13 +496,17 @@ def _volume_from_datasets(
     if resample is not None:
         array = _resample_slices(array, *resample)
     modality = str(first.get("Modality", ""))
+    metadata = _series_metadata(frames, source)
+    if resample is not None:
+        # slices no longer correspond one-to-one to the source files (matters for SEG output)
+        metadata["resampled_slices"] = True
     return Image(
         array,
         spacing_mm=spacing,
         origin_mm=origin,
         direction=direction,
         modality=modality,
-        metadata=_series_metadata(frames, source),
+        metadata=metadata,
     )
 
 
