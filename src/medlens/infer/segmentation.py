@@ -1,0 +1,160 @@
+"""Segment images with a trained model: sliding windows, Gaussian blending, mirror TTA.
+
+The network sees the image resampled and normalised as its plan says; the prediction is
+taken back to the source grid (resampling undone, padding removed) so that the label map
+overlays the input voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from medlens.image import Image
+from medlens.models.segmentation import (
+    SegmentationPlan,
+    check_input,
+    image_to_network_array,
+)
+
+
+def _autocast(device: torch.device, enabled: bool) -> Any:
+    if not enabled:
+        return torch.autocast(device.type, enabled=False)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def cpu_bf16_supported() -> bool:
+    """True when this CPU runs bfloat16 convolutions natively (AVX512-BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def sliding_window_logits(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    array: torch.Tensor,
+    plan: SegmentationPlan,
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    tta: bool = False,
+    amp: bool = False,
+) -> torch.Tensor:
+    """Softmax probabilities ``(classes, *spatial)`` for a normalised ``(C, *spatial)`` array.
+
+    Windows of ``plan.patch_size`` are blended with Gaussian weights (MONAI's
+    ``sliding_window_inference``); ``tta`` averages over all mirrorings of the spatial axes.
+    """
+    from monai.inferers import sliding_window_inference
+
+    device = array.device
+    inputs = array[None]
+    axes = list(range(2, 2 + plan.dims))
+    flips: list[tuple[int, ...]] = [()]
+    if tta:
+        flips = [
+            combo for r in range(1, len(axes) + 1) for combo in itertools.combinations(axes, r)
+        ]
+        flips.insert(0, ())
+
+    def predictor(patch: torch.Tensor) -> torch.Tensor:
+        with _autocast(device, amp):
+            total = None
+            for flip in flips:
+                source = patch.flip(flip) if flip else patch
+                out = torch.softmax(network(source).float(), dim=1)
+                out = out.flip(flip) if flip else out
+                total = out if total is None else total + out
+        return total / len(flips)
+
+    with torch.inference_mode():
+        probabilities = sliding_window_inference(
+            inputs,
+            roi_size=plan.patch_size,
+            sw_batch_size=batch_size,
+            predictor=predictor,
+            overlap=overlap,
+            mode="gaussian",
+            padding_mode="constant",
+            cval=0.0,
+        )
+    return probabilities[0]
+
+
+def keep_largest_component(label: np.ndarray, values: list[int]) -> np.ndarray:
+    """Keep only the largest connected component of each class in ``values`` (in place)."""
+    from scipy import ndimage
+
+    for value in values:
+        mask = label == value
+        if not mask.any():
+            continue
+        components, count = ndimage.label(mask)
+        if count <= 1:
+            continue
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        label[mask & (components != int(np.argmax(sizes)))] = 0
+    return label
+
+
+def predict_image(
+    network: torch.nn.Module,
+    image: Image,
+    plan: SegmentationPlan,
+    *,
+    device: str | torch.device = "cpu",
+    tta: bool = False,
+    batch_size: int = 4,
+    overlap: float = 0.5,
+    postprocess: bool = True,
+    path: Any = None,
+) -> Image:
+    """Label map of ``image`` on its own grid (same shape, spacing, origin, direction)."""
+    check_input(image, plan, path=path)
+    device = torch.device(device)
+    array = torch.from_numpy(image_to_network_array(image, plan)).to(device)
+    amp = device.type == "cuda" or (device.type == "cpu" and cpu_bf16_supported())
+    probabilities = sliding_window_logits(
+        network, array, plan, overlap=overlap, batch_size=batch_size, tta=tta, amp=amp
+    )
+    source_shape = image.spatial_shape[: plan.dims]
+    if tuple(probabilities.shape[1:]) != tuple(source_shape):
+        # back to the source grid: interpolate probabilities, not labels
+        probabilities = torch.nn.functional.interpolate(
+            probabilities[None], size=source_shape, mode="trilinear", align_corners=False
+        )[0]
+    label = probabilities.argmax(0).to(torch.uint8).cpu().numpy()
+    del probabilities
+    if postprocess and plan.largest_component:
+        label = keep_largest_component(label, plan.largest_component)
+    if plan.dims == 2:
+        label = label[..., None]
+    return Image(
+        label[None],
+        spacing_mm=image.spacing_mm,
+        origin_mm=image.origin_mm,
+        direction=image.direction,
+        modality=image.modality,
+        labels={k: v for k, v in plan.labels.items() if k != 0},
+        metadata={"source": str(path) if path is not None else ""},
+    )
+
+
+def dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: list[int]) -> list[float]:
+    """Dice of each class (NaN when the class is absent from both)."""
+    scores = []
+    for value in classes:
+        p = prediction == value
+        t = truth == value
+        denominator = p.sum() + t.sum()
+        scores.append(float("nan") if denominator == 0 else 2.0 * (p & t).sum() / denominator)
+    return scores

@@ -1,0 +1,271 @@
+"""The segmentation plan: what training derived from the data and what inference repeats.
+
+A :class:`SegmentationPlan` is written as ``plan.json`` in the run folder and stored in the
+model card's ``preprocessing`` so that ``medlens predict`` repeats exactly the same
+resampling, normalisation and patching. :func:`make_plan` derives it from a
+:class:`~medlens.data.segmentation.Fingerprint` the way nnU-Net does (simplified):
+
+* 2D when every image is one slice thick, else 3D;
+* target spacing = median spacing (no resampling when all cases already have it);
+* normalisation: CT -> clip to the foreground 0.5-99.5 percentiles and z-score with the
+  foreground statistics; RGB 8-bit -> /255 and z-score with the data set's channel statistics;
+  other (MRI, ...) -> z-score per image;
+* patch = median shape (capped by the memory budget) rounded up to a multiple of the network's
+  total stride, and the network is as deep as the patch allows (down to 4-8 voxels);
+* largest-connected-component post-processing for a class that forms one component in >= 90%
+  of the training labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from medlens.errors import MedlensError
+from medlens.image import Image
+
+
+@dataclasses.dataclass
+class SegmentationPlan:
+    """Everything needed to turn an image into network input and back.
+
+    ``spacing_mm`` is the target spacing along (i, j, k) (``None``: use the image as is);
+    ``patch_size`` is in voxels along (i, j[, k]); ``normalisation`` holds ``scheme``
+    (``zscore``, ``ct`` or ``rgb``) and its statistics.
+    """
+
+    dims: int
+    in_channels: int
+    labels: dict[int, str]
+    patch_size: list[int]
+    batch_size: int
+    spacing_mm: list[float] | None
+    normalisation: dict[str, Any]
+    filters: list[int]
+    kernel_size: list[list[int]]
+    strides: list[list[int]]
+    largest_component: list[int] = dataclasses.field(default_factory=list)
+    modality: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1
+
+    def architecture(self) -> dict[str, Any]:
+        """The model-card architecture entry (MONAI DynUNet)."""
+        return {
+            "name": "DynUNet",
+            "params": {
+                "spatial_dims": self.dims,
+                "in_channels": self.in_channels,
+                "out_channels": self.num_classes,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "upsample_kernel_size": self.strides[1:],
+                "filters": self.filters,
+                "norm_name": "instance",
+                "res_block": True,
+            },
+        }
+
+    def build_network(self) -> torch.nn.Module:
+        from monai.networks.nets import DynUNet
+
+        return DynUNet(**self.architecture()["params"])
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["labels"] = {str(k): v for k, v in self.labels.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentationPlan:
+        data = dict(data)
+        data["labels"] = {int(k): v for k, v in data["labels"].items()}
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _network_shape(patch: list[int], spacing: list[float], dims: int) -> tuple[list, list]:
+    """Strides per level (halve an axis while it stays >= 4 voxels), kernels 3."""
+    strides: list[list[int]] = [[1] * dims]
+    size = list(patch)
+    for _ in range(5):
+        step = [2 if s >= 8 else 1 for s in size]
+        if sum(step) == dims:  # no axis can be halved any more
+            break
+        strides.append(step)
+        size = [s // d for s, d in zip(size, step, strict=True)]
+    kernels = [[3] * dims for _ in strides]
+    return kernels, strides
+
+
+def make_plan(
+    fingerprint: Any,
+    *,
+    labels: dict[int, str] | None = None,
+    memory_voxels: int = 96 * 96 * 96,
+    base_filters: int | None = None,
+    batch_size: int | None = None,
+    patch_size: list[int] | None = None,
+) -> SegmentationPlan:
+    """Derive a plan from a fingerprint (see the module docstring for the rules).
+
+    ``memory_voxels`` caps the patch volume (a CPU/GPU budget); ``base_filters``,
+    ``batch_size`` and ``patch_size`` override the derived values.
+    """
+    dims = fingerprint.dims
+    spacings = np.array(fingerprint.spacings_mm)
+    median_spacing = np.median(spacings, axis=0)
+    uniform = bool(np.allclose(spacings, median_spacing, rtol=0.02))
+    spacing_mm = None if (uniform or dims == 2) else median_spacing.tolist()
+    shapes = np.array(fingerprint.shapes, dtype=float)
+    if spacing_mm is not None:
+        shapes = shapes * spacings / median_spacing
+    median_shape = np.median(shapes, axis=0)[:dims]
+    if patch_size is None:
+        patch = [float(s) for s in median_shape]
+        while math.prod(patch) > memory_voxels:
+            largest = int(np.argmax(patch))
+            patch[largest] *= 0.9
+        kernels, strides = _network_shape([int(p) for p in patch], median_spacing.tolist(), dims)
+        total = np.prod(np.array(strides), axis=0)
+        patch_size = [int(math.ceil(p / t) * t) for p, t in zip(patch, total, strict=True)]
+    else:
+        kernels, strides = _network_shape(patch_size, median_spacing.tolist(), dims)
+    channels = fingerprint.num_channels
+    modality = (fingerprint.modality or "").upper()
+    if modality == "CT":
+        normalisation = {
+            "scheme": "ct",
+            "clip": [fingerprint.foreground_p005[0], fingerprint.foreground_p995[0]],
+            "mean": fingerprint.foreground_mean,
+            "std": fingerprint.foreground_std,
+        }
+    elif dims == 2 and channels in (3, 4):
+        normalisation = {
+            "scheme": "rgb",
+            "mean": fingerprint.foreground_mean,
+            "std": fingerprint.foreground_std,
+        }
+    else:
+        normalisation = {"scheme": "zscore"}
+    classes = fingerprint.classes
+    if labels is None:
+        labels = {c: ("background" if c == 0 else f"label_{c}") for c in classes}
+    unknown = sorted(set(classes) - set(labels))
+    if unknown:
+        raise MedlensError(
+            f"labels contain classes {unknown} not named in dataset.json ({sorted(labels)})"
+        )
+    base = base_filters or (16 if dims == 3 else 16)
+    filters = [min(base * 2**level, 320) for level in range(len(strides))]
+    if batch_size is None:
+        batch_size = int(np.clip(memory_voxels // max(1, math.prod(patch_size)), 2, 16))
+    single = {int(k): v for k, v in fingerprint.single_component_fraction.items()}
+    return SegmentationPlan(
+        dims=dims,
+        in_channels=channels,
+        labels=dict(sorted(labels.items())),
+        patch_size=patch_size,
+        batch_size=batch_size,
+        spacing_mm=spacing_mm,
+        normalisation=normalisation,
+        filters=filters,
+        kernel_size=kernels,
+        strides=strides,
+        largest_component=sorted(k for k, v in single.items() if v >= 0.9),
+        modality=fingerprint.modality,
+    )
+
+
+# --------------------------------------------------------------------------- preprocessing
+def normalise(array: np.ndarray, plan: SegmentationPlan) -> np.ndarray:
+    """Normalise a ``(C, ...)`` array as the plan says (float32 result)."""
+    values = array.astype(np.float32, copy=True)
+    scheme = plan.normalisation["scheme"]
+    if scheme == "zscore":
+        for channel in values:
+            channel -= channel.mean()
+            channel /= max(float(channel.std()), 1e-6)
+    elif scheme == "ct":
+        low, high = plan.normalisation["clip"]
+        np.clip(values, low, high, out=values)
+        values -= plan.normalisation["mean"][0]
+        values /= max(plan.normalisation["std"][0], 1e-6)
+    elif scheme == "rgb":
+        mean = np.asarray(plan.normalisation["mean"], np.float32)
+        std = np.asarray(plan.normalisation["std"], np.float32)
+        shape = (-1,) + (1,) * (values.ndim - 1)
+        values -= mean.reshape(shape)
+        values /= np.maximum(std, 1e-6).reshape(shape)
+    else:
+        raise MedlensError(f"unknown normalisation scheme '{scheme}' in the plan")
+    return values
+
+
+def check_input(image: Image, plan: SegmentationPlan, *, path: Any = None) -> None:
+    """Refuse images the model cannot segment (dimensionality, channels, empty)."""
+    if min(image.spatial_shape) == 0:
+        raise MedlensError("image is empty", path=path)
+    if plan.dims == 2 and not image.is_2d:
+        raise MedlensError(
+            f"this is a 2D model but the image is a volume of shape {image.spatial_shape}",
+            path=path,
+            hint="use a 3D model, or pass single 2D frames",
+        )
+    if plan.dims == 3 and image.is_2d:
+        raise MedlensError(
+            f"this is a 3D model but the image is a single 2D slice {image.spatial_shape[:2]}",
+            path=path,
+            hint="pass a volume (NIfTI, NRRD, DICOM series)",
+        )
+    if image.num_channels != plan.in_channels:
+        raise MedlensError(
+            f"the model expects {plan.in_channels} channel(s), the image has {image.num_channels}",
+            path=path,
+            hint="RGB models need colour frames; MRI/CT models single-channel scans",
+        )
+
+
+def image_to_network_array(image: Image, plan: SegmentationPlan) -> np.ndarray:
+    """``(C, I, J[, K])`` float32, resampled to the plan spacing and normalised."""
+    array = image.numpy()
+    if plan.dims == 2:
+        array = array[..., 0]
+    array = normalise(array, plan)
+    if plan.spacing_mm is not None and plan.dims == 3:
+        target = resampled_shape(image, plan)
+        if tuple(target) != image.spatial_shape:
+            tensor = torch.from_numpy(array)[None]
+            array = torch.nn.functional.interpolate(
+                tensor, size=target, mode="trilinear", align_corners=False
+            )[0].numpy()
+    return array
+
+
+def resampled_shape(image: Image, plan: SegmentationPlan) -> list[int]:
+    if plan.spacing_mm is None:
+        return list(image.spatial_shape[: plan.dims])
+    scale = image.spacing_mm / np.asarray(plan.spacing_mm)
+    return [max(1, round(s * f)) for s, f in zip(image.spatial_shape, scale, strict=True)]
+
+
+def label_to_network_array(label: np.ndarray, image: Image, plan: SegmentationPlan) -> np.ndarray:
+    """Labels on the network grid (nearest neighbour), ``(I, J[, K])`` uint8."""
+    if plan.dims == 2:
+        return label[..., 0]
+    if plan.spacing_mm is not None:
+        target = resampled_shape(image, plan)
+        if tuple(target) != image.spatial_shape:
+            tensor = torch.from_numpy(label.astype(np.float32))[None, None]
+            return (
+                torch.nn.functional.interpolate(tensor, size=target, mode="nearest")[0, 0]
+                .numpy()
+                .astype(np.uint8)
+            )
+    return label

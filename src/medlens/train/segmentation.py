@@ -1,0 +1,720 @@
+"""Self-configuring segmentation training (``medlens train seg DATA --out RUN``).
+
+Steps: find the cases, fingerprint them, derive a plan (:mod:`medlens.models.segmentation`),
+split (fixed seeded hold-out or k-fold), preload every case normalised in memory, then train
+a MONAI DynUNet with Dice + cross-entropy, AdamW, linear warm-up + cosine decay and batched
+torch augmentation. Validation Dice on whole held-out images (sliding window, as
+``medlens predict`` does) every ``val_every`` iterations; the best model is written with its
+model card each time validation improves, and a resumable checkpoint every
+``checkpoint_minutes``. Mixed precision: float16 on CUDA, bfloat16 on CPUs that support it.
+
+Multi-process (``torchrun --nproc_per_node N -m medlens train seg ...``): when ``WORLD_SIZE``
+is set each process trains on its shard of the training cases (``DistributedSampler``) with
+DDP gradient averaging; rank 0 validates, logs and saves.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medlens.data.segmentation import (
+    CasePaths,
+    check_label_classes,
+    compute_fingerprint,
+    dataset_label_names,
+    find_cases,
+    read_case_image,
+    read_case_label,
+    read_dataset_json,
+)
+from medlens.errors import MedlensError
+from medlens.infer.segmentation import cpu_bf16_supported, dice_per_class, sliding_window_logits
+from medlens.io.atomic import atomic_output
+from medlens.models.segmentation import (
+    SegmentationPlan,
+    image_to_network_array,
+    label_to_network_array,
+    make_plan,
+)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Options of a segmentation training run (iterations, learning rate, ...)."""
+
+    data: Path
+    out: Path
+    iterations: int = 4000
+    learning_rate: float = 3e-3
+    weight_decay: float = 3e-5
+    warmup: int = 100
+    batch_size: int | None = None
+    base_filters: int | None = None
+    patch_size: list[int] | None = None
+    val_fraction: float = 0.2
+    val_cases: list[str] = dataclasses.field(default_factory=list)
+    fold: int | None = None
+    folds: int = 5
+    seed: int = 0
+    val_every: int = 200
+    checkpoint_minutes: float = 5.0
+    max_cases: int | None = None
+    model_out: Path | None = None
+    model_name: str = ""
+    init: str | None = None
+    freeze_encoder_epochs: int = 0
+    resume: bool = False
+    device: str = "auto"
+    amp: bool = True
+    foreground_fraction: float = 0.33
+    command: str = ""
+    label_names: dict[int, str] | None = None
+    threads: int | None = None
+    progress: bool = True
+
+
+# --------------------------------------------------------------------------- split
+def make_split(
+    case_ids: list[str],
+    *,
+    val_fraction: float,
+    seed: int,
+    forced_val: list[str],
+    fold: int | None,
+    folds: int,
+) -> tuple[list[str], list[str]]:
+    """Train/validation case ids: seeded hold-out, or fold ``fold`` of ``folds``.
+
+    Cases in ``forced_val`` are always validation cases (e.g. the bundled demo cases, which
+    a shipped model must never have trained on).
+    """
+    unknown = sorted(set(forced_val) - set(case_ids))
+    if unknown:
+        raise MedlensError(f"--val-cases not in the data: {', '.join(unknown)}")
+    rest = [c for c in case_ids if c not in forced_val]
+    order = np.random.default_rng(seed).permutation(len(rest))
+    shuffled = [rest[i] for i in order]
+    if fold is not None:
+        if not 0 <= fold < folds:
+            raise MedlensError(f"--fold {fold} out of range 0..{folds - 1}")
+        chunks = np.array_split(np.arange(len(shuffled)), folds)
+        val_rest = [shuffled[i] for i in chunks[fold]]
+    else:
+        count = max(1, round(val_fraction * len(case_ids)) - len(forced_val))
+        val_rest = shuffled[:count]
+    val = sorted([*forced_val, *val_rest])
+    train = sorted(c for c in rest if c not in set(val_rest))
+    if not train:
+        raise MedlensError("no training cases left after the split", hint="add more cases")
+    return train, val
+
+
+# --------------------------------------------------------------------------- data
+@dataclasses.dataclass
+class LoadedCase:
+    case_id: str
+    image: torch.Tensor  # (C, *spatial) normalised, float16 (memory), padded to >= patch
+    label: torch.Tensor  # (*spatial) uint8, padded
+    crop: tuple[slice, ...]  # region of the unpadded image inside the padded arrays
+    foreground: torch.Tensor  # (N, dims) indices of foreground voxels (for oversampling)
+
+
+def _pad_to(array: np.ndarray, shape: list[int], value: float) -> tuple[np.ndarray, tuple]:
+    spatial = array.shape[-len(shape) :]
+    before = [max(0, (s - a)) // 2 for a, s in zip(spatial, shape, strict=True)]
+    after = [max(0, s - a - b) for a, s, b in zip(spatial, shape, before, strict=True)]
+    pad = [(0, 0)] * (array.ndim - len(shape)) + list(zip(before, after, strict=True))
+    crop = tuple(slice(b, b + a) for b, a in zip(before, spatial, strict=True))
+    return np.pad(array, pad, constant_values=value), crop
+
+
+def load_cases(
+    cases: list[CasePaths], plan: SegmentationPlan, *, progress: Any = None
+) -> list[LoadedCase]:
+    loaded = []
+    allowed = sorted(plan.labels)
+    for case in cases:
+        image = read_case_image(case.image)
+        label = read_case_label(case.label)
+        check_label_classes(label, allowed, case.label)
+        if label.shape != image.spatial_shape:
+            raise MedlensError(
+                f"label shape {label.shape} differs from image shape {image.spatial_shape}",
+                path=case.label,
+            )
+        array = image_to_network_array(image, plan)
+        label_array = label_to_network_array(label, image, plan)
+        array, crop = _pad_to(array, plan.patch_size, 0.0)
+        label_array, _ = _pad_to(label_array, plan.patch_size, 0)
+        foreground = np.argwhere(label_array > 0)
+        if len(foreground) > 2000:  # a sample is enough to pick crop centres
+            keep = np.random.default_rng(0).choice(len(foreground), 2000, replace=False)
+            foreground = foreground[keep]
+        loaded.append(
+            LoadedCase(
+                case.case_id,
+                torch.from_numpy(array.astype(np.float16)),
+                torch.from_numpy(label_array.astype(np.uint8)),
+                crop,
+                torch.from_numpy(foreground),
+            )
+        )
+        if progress is not None:
+            progress()
+    return loaded
+
+
+def sample_batch(
+    cases: list[LoadedCase],
+    indices: list[int],
+    patch: list[int],
+    batch_size: int,
+    generator: np.random.Generator,
+    foreground_fraction: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random patches; a share of them centred on a random foreground voxel (nnU-Net)."""
+    images, labels = [], []
+    for _ in range(batch_size):
+        case = cases[indices[int(generator.integers(len(indices)))]]
+        shape = case.label.shape
+        if generator.random() < foreground_fraction and len(case.foreground):
+            centre = case.foreground[int(generator.integers(len(case.foreground)))].tolist()
+            start = [
+                int(np.clip(c - p // 2, 0, s - p))
+                for c, p, s in zip(centre, patch, shape, strict=True)
+            ]
+        else:
+            start = [
+                int(generator.integers(0, s - p + 1)) for p, s in zip(patch, shape, strict=True)
+            ]
+        region = tuple(slice(b, b + p) for b, p in zip(start, patch, strict=True))
+        images.append(case.image[(slice(None), *region)])
+        labels.append(case.label[region])
+    return torch.stack(images).float(), torch.stack(labels)[:, None].long()
+
+
+# --------------------------------------------------------------------------- augmentation
+def augment_batch(
+    images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched torch augmentation (flips, rotation/scale, intensity) on any device.
+
+    Used when :mod:`medlens.augment` is not available: mirror every spatial axis with p=0.5,
+    rotate (+-15 degrees in each plane) and scale (0.85-1.15) with p=0.3 through one
+    ``grid_sample`` (linear for images, nearest for labels), brightness (x0.85-1.15),
+    contrast, gamma (0.7-1.5, p=0.3) and Gaussian noise (p=0.15), per sample.
+    """
+    device = images.device
+    batch = images.shape[0]
+    dims = images.ndim - 2
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator).to(device)
+
+    # spatial: rotation + scale through an affine grid
+    apply = rand(batch) < 0.3
+    if bool(apply.any()):
+        theta = torch.zeros(batch, dims, dims + 1, device=device)
+        for b in range(batch):
+            if not apply[b]:
+                theta[b, :, :dims] = torch.eye(dims, device=device)
+                continue
+            angles = (rand(3) * 2 - 1) * math.radians(15)
+            scale = float(0.85 + rand(1) * 0.3)
+            if dims == 2:
+                c, s = math.cos(angles[0]), math.sin(angles[0])
+                matrix = torch.tensor([[c, -s], [s, c]], device=device)
+            else:
+                matrix = torch.eye(3, device=device)
+                for axis, angle in enumerate(angles.tolist()):
+                    c, s = math.cos(angle), math.sin(angle)
+                    rotation = torch.eye(3, device=device)
+                    i, j = [a for a in range(3) if a != axis]
+                    rotation[i, i], rotation[i, j], rotation[j, i], rotation[j, j] = c, -s, s, c
+                    matrix = matrix @ rotation
+            theta[b, :, :dims] = matrix / scale
+        grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+        warped = torch.nn.functional.grid_sample(
+            images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        warped_labels = torch.nn.functional.grid_sample(
+            labels.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+        ).long()
+        keep = apply.view(-1, *([1] * (dims + 1)))
+        images = torch.where(keep, warped, images)
+        labels = torch.where(keep, warped_labels, labels)
+    # mirroring, per sample and axis
+    for axis in range(2, 2 + dims):
+        flip = rand(batch) < 0.5
+        if bool(flip.any()):
+            images[flip] = images[flip].flip(axis - 1)
+            labels[flip] = labels[flip].flip(axis - 1)
+    # intensity, per sample
+    shape = (batch,) + (1,) * (dims + 1)
+    images = images * (0.85 + 0.3 * rand(batch)).view(shape)
+    mean = images.mean(dim=tuple(range(2, 2 + dims)), keepdim=True)
+    contrast = (0.75 + 0.5 * rand(batch)).view(shape)
+    images = (images - mean) * contrast + mean
+    gamma_on = (rand(batch) < 0.3).view(shape)
+    if bool(gamma_on.any()):
+        gamma = (0.7 + 0.8 * rand(batch)).view(shape)
+        low = images.amin(dim=tuple(range(1, 2 + dims)), keepdim=True)
+        high = images.amax(dim=tuple(range(1, 2 + dims)), keepdim=True)
+        span = (high - low).clamp_min(1e-6)
+        gammaed = ((images - low) / span).clamp_min(0) ** gamma * span + low
+        images = torch.where(gamma_on, gammaed, images)
+    noise_on = (rand(batch) < 0.15).view(shape)
+    noise = torch.randn(images.shape, generator=generator).to(device) * 0.1
+    images = images + noise * noise_on
+    return images, labels
+
+
+def _augment(
+    images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return augment_batch(images, labels, generator)
+
+
+# --------------------------------------------------------------------------- helpers
+def _learning_rate(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return config.learning_rate * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.iterations - config.warmup)
+    return config.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    return network.module if hasattr(network, "module") else network
+
+
+def encoder_parameters(network: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Encoder of a DynUNet: input block, down-sampling blocks and bottleneck."""
+    network = _unwrap(network)
+    parts = [network.input_block, *network.downsamples, network.bottleneck]
+    return [p for part in parts for p in part.parameters()]
+
+
+def initialise_from(network: torch.nn.Module, model: str) -> tuple[int, int]:
+    """Copy every tensor of a shipped model whose name and shape match (transfer learning).
+
+    Returns (copied, total) tensor counts; the rest (e.g. a head with other classes) keeps
+    its fresh initialisation.
+    """
+    from safetensors.torch import load_file
+
+    from medlens.models.zoo import WEIGHTS_NAME, find_model
+
+    folder = find_model(model)
+    source = load_file(str(folder / WEIGHTS_NAME))
+    target = network.state_dict()
+    copied = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    # DynUNet shares the output block with its deep-supervision heads under several names
+    network.load_state_dict(copied, strict=False)
+    if not copied:
+        raise MedlensError(
+            f"no layer of model '{model}' fits this network",
+            hint="use a model with the same dimensionality and architecture",
+        )
+    return len(copied), len(target)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _plot(log_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(log_path.open()))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    loss = [float(r["loss"]) for r in rows]
+    val = [(int(r["step"]), float(r["val_dice"])) for r in rows if r["val_dice"]]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(steps, loss, color="tab:blue", label="train loss (Dice+CE)")
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("loss")
+    if val:
+        other = axis.twinx()
+        other.plot(*zip(*val, strict=True), "o-", color="tab:red", label="validation Dice")
+        other.set_ylabel("mean validation Dice")
+        other.set_ylim(0, 1)
+        other.legend(loc="lower right")
+    axis.legend(loc="upper right")
+    figure.tight_layout()
+    with atomic_output(png_path) as temporary:
+        figure.savefig(temporary, dpi=90, format="png")
+    plt.close(figure)
+
+
+def validate(
+    network: torch.nn.Module,
+    cases: list[LoadedCase],
+    plan: SegmentationPlan,
+    device: torch.device,
+    amp: bool,
+) -> dict[str, Any]:
+    """Mean Dice per foreground class over whole validation images (NaN-free mean)."""
+    classes = [c for c in sorted(plan.labels) if c != 0]
+    network.eval()
+    scores = []
+    for case in cases:
+        array = case.image[(slice(None), *case.crop)].float().to(device)
+        probabilities = sliding_window_logits(
+            network, array, plan, batch_size=plan.batch_size, amp=amp
+        )
+        prediction = probabilities.argmax(0).cpu().numpy()
+        truth = case.label[case.crop].numpy()
+        scores.append(dice_per_class(prediction, truth, classes))
+    network.train()
+    table = np.array(scores, dtype=float)
+    per_class = np.nanmean(table, axis=0)
+    return {
+        "dice_per_label": {
+            plan.labels[c]: round(float(d), 4) for c, d in zip(classes, per_class, strict=True)
+        },
+        "mean_dice": round(float(np.nanmean(per_class)), 4),
+        "cases": len(cases),
+        "per_case": {
+            case.case_id: [round(float(s), 4) for s in row]
+            for case, row in zip(cases, table, strict=True)
+        },
+    }
+
+
+# --------------------------------------------------------------------------- main loop
+def train_segmentation(config: TrainConfig) -> dict[str, Any]:
+    """Plan and train; returns the best validation metrics. See the module docstring."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    distributed = world_size > 1
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise MedlensError("--device cuda but no CUDA device is available")
+    if distributed:
+        import torch.distributed as dist
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    is_main = rank == 0
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / "checkpoint.pt"
+
+    cases = find_cases(config.data)
+    if config.max_cases:
+        forced = [c for c in cases if c.case_id in config.val_cases]
+        others = [c for c in cases if c.case_id not in config.val_cases]
+        cases = sorted(
+            forced + others[: max(0, config.max_cases - len(forced))], key=lambda c: c.case_id
+        )
+    by_id = {c.case_id: c for c in cases}
+
+    resume_state: dict[str, Any] | None = None
+    if config.resume:
+        source = checkpoint_path
+        if (
+            not source.is_file()
+            and config.model_out
+            and (Path(config.model_out) / "resume.pt").is_file()
+        ):
+            source = Path(config.model_out) / "resume.pt"
+        if not source.is_file():
+            raise MedlensError(
+                "nothing to resume: no checkpoint.pt", path=out, hint="train without --resume"
+            )
+        resume_state = torch.load(source, map_location="cpu", weights_only=False)
+
+    if resume_state is not None:
+        plan = SegmentationPlan.from_dict(resume_state["plan"])
+        train_ids, val_ids = resume_state["split"]["train"], resume_state["split"]["val"]
+        fingerprint_dict = resume_state.get("fingerprint", {})
+    else:
+        images = [read_case_image(c.image) for c in cases]
+        labels = [read_case_label(c.label) for c in cases]
+        for case, image, label in zip(cases, images, labels, strict=True):
+            if label.shape != image.spatial_shape:
+                raise MedlensError(
+                    f"label shape {label.shape} differs from image shape {image.spatial_shape}",
+                    path=case.label,
+                )
+        meta = read_dataset_json(config.data)
+        modality = (
+            meta.get("modality", {}).get("0", "") if isinstance(meta.get("modality"), dict) else ""
+        )
+        names = config.label_names or dataset_label_names(config.data)
+        if names is not None and 0 not in names:
+            names = {0: "background", **names}
+        fingerprint = compute_fingerprint(images, labels, modality=modality)
+        del images, labels
+        if names is not None:
+            extra = sorted(set(fingerprint.classes) - set(names))
+            if extra:
+                raise MedlensError(
+                    f"labels hold classes {extra} that dataset.json does not name",
+                    path=Path(config.data) / "dataset.json",
+                )
+        plan = make_plan(
+            fingerprint,
+            labels=names,
+            base_filters=config.base_filters,
+            batch_size=config.batch_size,
+            patch_size=config.patch_size,
+        )
+        fingerprint_dict = fingerprint.to_dict()
+        train_ids, val_ids = make_split(
+            [c.case_id for c in cases],
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            forced_val=list(config.val_cases),
+            fold=config.fold,
+            folds=config.folds,
+        )
+    if config.batch_size:
+        plan.batch_size = config.batch_size
+    if is_main:
+        _write_json(out / "plan.json", plan.to_dict())
+        _write_json(out / "fingerprint.json", fingerprint_dict)
+        _write_json(
+            out / "split.json",
+            {"train": train_ids, "val": val_ids, "seed": config.seed, "fold": config.fold},
+        )
+
+    from rich.progress import Progress
+
+    train_cases_paths = [by_id[c] for c in train_ids if c in by_id]
+    val_case_paths = [by_id[c] for c in val_ids if c in by_id]
+    train_cases = load_cases(train_cases_paths, plan)
+    val_cases = load_cases(val_case_paths, plan) if is_main else []
+
+    network = plan.build_network().to(device)
+    if config.init and resume_state is None:
+        copied, total = initialise_from(network, config.init)
+        if is_main:
+            print(f"initialised {copied} of {total} tensors from model '{config.init}'")
+    optimizer = torch.optim.AdamW(
+        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    from monai.losses import DiceCELoss
+
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    amp = config.amp and (device.type == "cuda" or cpu_bf16_supported())
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+    start_step = 0
+    best = {"mean_dice": -1.0}
+    rng = np.random.default_rng(config.seed + 1000 * rank)
+    torch_generator = torch.Generator().manual_seed(config.seed + 1000 * rank)
+    if resume_state is not None:
+        network.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        start_step = int(resume_state["step"])
+        best = resume_state.get("best", best)
+        if "rng" in resume_state:
+            rng.bit_generator.state = resume_state["rng"]
+        if is_main:
+            print(f"resumed at iteration {start_step} (best mean Dice {best['mean_dice']})")
+    training_network: torch.nn.Module = network
+    train_indices = list(range(len(train_cases)))
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(
+            train_indices, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed
+        )
+        train_indices = [train_indices[i] for i in sampler]
+        training_network = DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    iterations_per_epoch = max(1, math.ceil(len(train_ids) / plan.batch_size))
+    freeze_until = config.freeze_encoder_epochs * iterations_per_epoch
+    log_path = out / "log.csv"
+    if is_main and (not log_path.exists() or resume_state is None):
+        with log_path.open("w") as handle:
+            handle.write("step,seconds,lr,loss,val_dice,val_per_label\n")
+    model_out = Path(config.model_out) if config.model_out else out / "model"
+    started = time.time()
+    last_checkpoint = time.time()
+    running: list[float] = []
+
+    def save_checkpoint(step: int) -> None:
+        state = {
+            "model": network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "best": best,
+            "plan": plan.to_dict(),
+            "split": {"train": train_ids, "val": val_ids},
+            "fingerprint": fingerprint_dict,
+            "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
+            "rng": rng.bit_generator.state,
+        }
+        with atomic_output(checkpoint_path) as temporary:
+            torch.save(state, temporary)
+        if config.model_out and checkpoint_path.stat().st_size < 20 * 2**20:
+            model_out.mkdir(parents=True, exist_ok=True)
+            with atomic_output(model_out / "resume.pt") as temporary:
+                shutil.copyfile(checkpoint_path, temporary)
+
+    def save_best(metrics: dict[str, Any], step: int) -> None:
+        from medlens.models.zoo import ModelCard, save_model
+
+        card = ModelCard(
+            name=config.model_name or model_out.name,
+            task="segmentation",
+            architecture=plan.architecture(),
+            labels=plan.labels,
+            input={
+                "dims": plan.dims,
+                "channels": plan.in_channels,
+                "modality": plan.modality,
+                "spacing_mm": plan.spacing_mm or fingerprint_dict.get("median_spacing_mm"),
+                "patch_size": plan.patch_size,
+                "median_size": fingerprint_dict.get("median_shape"),
+            },
+            preprocessing={"plan": plan.to_dict()},
+            training={
+                "data": str(config.data),
+                "num_cases": len(train_ids) + len(val_ids),
+                "split": {
+                    "train": train_ids,
+                    "val": val_ids,
+                    "seed": config.seed,
+                    "fold": config.fold,
+                },
+                "command": config.command,
+                "iteration": step,
+                "iterations_planned": config.iterations,
+                "batch_size": plan.batch_size,
+                "optimizer": f"AdamW lr {config.learning_rate} wd {config.weight_decay}, "
+                f"warm-up {config.warmup} + cosine",
+                "loss": "Dice + cross-entropy (MONAI DiceCELoss, batch Dice)",
+                "precision": "bf16 autocast"
+                if amp and device.type == "cpu"
+                else ("fp16 AMP" if amp else "fp32"),
+                "device": str(device),
+                "augmentation": "augment_batch: mirror, rotation, scale, "
+                "brightness, contrast, gamma, noise",
+                "seconds": round(time.time() - started, 1),
+            },
+            metrics={"validation": {k: v for k, v in metrics.items() if k != "per_case"}},
+        )
+        save_model(network, model_out, card)
+        _write_json(out / "best_metrics.json", {"step": step, **metrics})
+
+    network.train()
+    frozen = False
+    if freeze_until > start_step:
+        for parameter in encoder_parameters(network):
+            parameter.requires_grad_(False)
+        frozen = True
+    progress = Progress(disable=not (is_main and config.progress))
+    task = progress.add_task("training", total=config.iterations, completed=start_step)
+    step = start_step
+    with progress:
+        for step in range(start_step, config.iterations):
+            if frozen and step >= freeze_until:
+                for parameter in encoder_parameters(network):
+                    parameter.requires_grad_(True)
+                frozen = False
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(step, config)
+            images, labels = sample_batch(
+                train_cases,
+                train_indices,
+                plan.patch_size,
+                plan.batch_size,
+                rng,
+                config.foreground_fraction,
+            )
+            images, labels = _augment(images.to(device), labels.to(device), torch_generator)
+            optimizer.zero_grad(set_to_none=True)
+            from medlens.infer.segmentation import _autocast
+
+            with _autocast(device, amp):
+                logits = training_network(images)
+            loss = loss_function(logits.float(), labels)
+            if not torch.isfinite(loss):
+                raise MedlensError(
+                    f"training diverged (loss {loss.item()}) at iteration {step}", hint="lower --lr"
+                )
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+            scaler.step(optimizer)
+            scaler.update()
+            running.append(float(loss.item()))
+            progress.update(task, advance=1, description=f"loss {np.mean(running[-20:]):.3f}")
+            done = step + 1
+            if not is_main:
+                continue
+            validate_now = done % config.val_every == 0 or done == config.iterations
+            row_val, row_labels = "", ""
+            if validate_now and val_cases:
+                metrics = validate(network, val_cases, plan, device, amp)
+                row_val = f"{metrics['mean_dice']:.4f}"
+                row_labels = ";".join(f"{k}={v}" for k, v in metrics["dice_per_label"].items())
+                improved = metrics["mean_dice"] > best["mean_dice"]
+                if improved:
+                    best = {
+                        "mean_dice": metrics["mean_dice"],
+                        "step": done,
+                        "dice_per_label": metrics["dice_per_label"],
+                    }
+                    save_best(metrics, done)
+                print(
+                    f"iteration {done}: loss {np.mean(running):.4f}  val mean Dice "
+                    f"{metrics['mean_dice']:.4f} {metrics['dice_per_label']}"
+                    f"{'  (best, saved)' if improved else ''}  {time.time() - started:.0f} s",
+                    flush=True,
+                )
+            if done % 10 == 0 or row_val:
+                with log_path.open("a") as handle:
+                    handle.write(
+                        f"{done},{time.time() - started:.1f},{optimizer.param_groups[0]['lr']:.6g},"
+                        f"{np.mean(running):.5f},{row_val},{row_labels}\n"
+                    )
+                running = []
+                if row_val:
+                    _plot(log_path, out / "training.png")
+            if (
+                time.time() - last_checkpoint > config.checkpoint_minutes * 60
+                or done == config.iterations
+            ):
+                save_checkpoint(done)
+                last_checkpoint = time.time()
+    if is_main:
+        save_checkpoint(step + 1 if config.iterations > start_step else start_step)
+        _plot(log_path, out / "training.png")
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return best
