@@ -143,10 +143,23 @@ def load_card(name_or_path: str | Path) -> ModelCard:
 
 
 def load_model(
-    name_or_path: str | Path, *, device: str | torch.device = "cpu", verify: bool = True
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+    public_key: str | Path | None = None,
 ) -> tuple[torch.nn.Module, ModelCard]:
-    """Rebuild the network from its card and load verified weights (eval mode)."""
+    """Rebuild the network from its card and load verified weights (eval mode).
+
+    With ``public_key`` (an Ed25519 PEM file), the model must also carry a ``model.sig`` made
+    with the matching private key over its current card and weights (``medlens sign``);
+    unsigned or badly signed models are refused.
+    """
     folder = find_model(name_or_path)
+    if public_key is not None:
+        from medlens.privacy.signing import verify_model
+
+        verify_model(folder, public_key)
     card = ModelCard.from_json((folder / CARD_NAME).read_text(), source=folder / CARD_NAME)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():

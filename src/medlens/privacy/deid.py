@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,13 @@ def deidentify(
 
 def _read_dicom(path: Path, suffix: str) -> pydicom.Dataset | None:
     """The dataset, or None for a file that is not DICOM; MedlensError for a corrupt one."""
+    with warnings.catch_warnings():
+        # over-long values etc. in the source are common and get removed or kept as they are
+        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+        return _read_dicom_checked(path, suffix)
+
+
+def _read_dicom_checked(path: Path, suffix: str) -> pydicom.Dataset | None:
     try:
         with open(path, "rb") as handle:
             head = handle.read(132)
@@ -204,6 +212,14 @@ def _deid_dicom(
         return None
     if ds.file_meta.get("MediaStorageSOPClassUID") == pydicom.uid.MediaStorageDirectoryStorage:
         return None  # DICOMDIR: lists identities; regenerate it after de-identification
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+        return _deid_dataset(engine, ds, path, output, entry)
+
+
+def _deid_dataset(
+    engine: DicomDeidentifier, ds: pydicom.Dataset, path: Path, output: Path, entry: dict[str, Any]
+) -> Path:
     try:
         audit = engine.apply(ds)
     except (ValueError, TypeError, KeyError, OverflowError) as error:
