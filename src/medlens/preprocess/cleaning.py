@@ -1,0 +1,195 @@
+"""Cleaning: NaN/inf repair, outlier clipping, corrupt-slice repair, CT background removal."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy import ndimage
+
+from medlens.errors import MedlensError
+from medlens.image import Image
+from medlens.preprocess.base import (
+    Transform,
+    check_choice,
+    check_percentiles,
+    check_positive,
+    float_array,
+    register,
+)
+
+
+@register("repair_nonfinite")
+@dataclasses.dataclass(kw_only=True)
+class RepairNonFinite(Transform):
+    """Replace NaN voxels and clamp +/-inf to the finite range.
+
+    Args:
+        fill: value for NaN: ``"minimum"`` (finite minimum, i.e. background), ``"median"``,
+            ``"zero"``.
+
+    Example:
+        >>> image = Image(np.array([np.nan, 1.0, np.inf, -np.inf]).reshape(1, 4, 1, 1))
+        >>> RepairNonFinite()(image).numpy().ravel().tolist()
+        [1.0, 1.0, 1.0, 1.0]
+    """
+
+    fill: str = "minimum"
+
+    def __post_init__(self) -> None:
+        check_choice(self.fill, "fill", ("minimum", "median", "zero"))
+
+    def apply(self, image: Image) -> Image:
+        values = image.numpy()
+        if values.dtype.kind != "f" or np.isfinite(values).all():
+            return image.with_array(image.array)
+        out = values.copy()
+        for data in out:
+            finite = data[np.isfinite(data)]
+            if finite.size == 0:
+                data[...] = 0.0
+                continue
+            fill = {"minimum": finite.min(), "median": np.median(finite), "zero": 0.0}[self.fill]
+            data[np.isnan(data)] = fill
+            data[np.isposinf(data)] = finite.max()
+            data[np.isneginf(data)] = finite.min()
+        return image.with_array(out)
+
+
+@register("clip_percentiles")
+@dataclasses.dataclass(kw_only=True)
+class ClipPercentiles(Transform):
+    """Clip outliers to the ``low``..``high`` percentiles (per channel); dtype kept."""
+
+    low: float = 0.5
+    high: float = 99.5
+
+    def __post_init__(self) -> None:
+        check_percentiles(self.low, self.high)
+
+    def apply(self, image: Image) -> Image:
+        values = image.numpy()
+        out = np.empty_like(values)
+        for channel, data in enumerate(values):
+            low, high = np.percentile(data, [self.low, self.high])
+            out[channel] = np.clip(data, low, high)
+        return image.with_array(out)
+
+
+def slice_defects(values: np.ndarray, *, jump_factor: float = 8.0) -> dict[str, list[int]]:
+    """Indices (along the last axis) of blank, duplicated and intensity-jump slices."""
+    k = values.shape[-1]
+    flat = values.reshape(-1, k).astype(np.float64)
+    means = flat.mean(axis=0)
+    stds = flat.std(axis=0)
+    overall_std = float(flat.std()) or 1.0
+    blank = [z for z in range(k) if stds[z] <= 1e-6 * overall_std]
+    duplicated = [
+        z for z in range(1, k) if z not in blank and np.array_equal(flat[:, z], flat[:, z - 1])
+    ]
+    jumps: list[int] = []
+    if k >= 5:
+        # a slice whose mean departs from the mean of its two neighbours by far more than the
+        # typical (median absolute) slice-to-slice change is an intensity jump
+        good = np.setdiff1d(np.arange(k), blank)
+        neighbour_mean = np.empty(k)
+        for z in range(k):
+            neighbours = [n for n in (z - 1, z + 1) if 0 <= n < k and n in good]
+            neighbour_mean[z] = np.mean(means[neighbours]) if neighbours else means[z]
+        deviation = np.abs(means - neighbour_mean)
+        typical = np.median(np.abs(np.diff(means[good]))) if good.size > 1 else 0.0
+        scale = max(typical, 1e-3 * overall_std)
+        jumps = [int(z) for z in good if deviation[z] > jump_factor * scale and z not in duplicated]
+    return {"blank": blank, "duplicated": duplicated, "intensity_jump": jumps}
+
+
+@register("repair_corrupt_slices")
+@dataclasses.dataclass(kw_only=True)
+class RepairCorruptSlices(Transform):
+    """Find blank, duplicated and intensity-jump slices along k; replace them by interpolation.
+
+    A bad slice is replaced by the linear interpolation of the nearest good slices on each
+    side (or copied from the one side that exists). What was found is stored in
+    ``metadata["corrupt_slices"]`` (and in the provenance entry's ``seconds`` neighbour).
+
+    Args:
+        jump_factor: a slice is an intensity jump when its mean differs from its neighbours'
+            by more than ``jump_factor`` x the median slice-to-slice change.
+    """
+
+    jump_factor: float = 8.0
+
+    def __post_init__(self) -> None:
+        check_positive(self.jump_factor, "jump_factor")
+
+    def apply(self, image: Image) -> Image:
+        values = float_array(image)
+        if image.spatial_shape[2] < 3:
+            return image.with_array(image.array)
+        defects = slice_defects(values, jump_factor=self.jump_factor)
+        bad = sorted(
+            set(defects["blank"]) | set(defects["duplicated"]) | set(defects["intensity_jump"])
+        )
+        out = values.copy() if bad else values
+        good = [z for z in range(values.shape[-1]) if z not in bad]
+        if bad and not good:
+            raise MedlensError("every slice looks corrupt", path=image.metadata.get("path"))
+        for z in bad:
+            below = [g for g in good if g < z]
+            above = [g for g in good if g > z]
+            if below and above:
+                a, b = below[-1], above[0]
+                weight = (z - a) / (b - a)
+                out[..., z] = (1 - weight) * values[..., a] + weight * values[..., b]
+            else:
+                out[..., z] = values[..., (below or above)[-1 if below else 0]]
+        result = image.with_array(out.astype(values.dtype, copy=False))
+        result.metadata["corrupt_slices"] = defects
+        return result
+
+
+@register("remove_background")
+@dataclasses.dataclass(kw_only=True)
+class RemoveBackground(Transform):
+    """Remove the CT table and everything outside the body: set it to ``fill_value``.
+
+    The body mask is the largest 3D connected component above ``threshold_hu`` after a
+    morphological opening (which cuts the thin table off the body), holes filled slice by
+    slice (lungs and bowel gas stay inside).
+
+    Args:
+        threshold_hu: body / air threshold (HU).
+        opening_mm: radius of the opening that detaches the table (mm).
+        fill_value: value outside the body (HU; air).
+    """
+
+    threshold_hu: float = -500.0
+    opening_mm: float = 3.0
+    fill_value: float = -1024.0
+
+    def __post_init__(self) -> None:
+        check_positive(self.opening_mm, "opening_mm", allow_zero=True)
+
+    def body_mask(self, image: Image) -> np.ndarray:
+        values = image.numpy()[0]
+        mask = values > self.threshold_hu
+        radius = np.maximum(np.round(self.opening_mm / image.spacing_mm).astype(int), 0)
+        if radius.any():
+            structure = np.ones(tuple(2 * r + 1 for r in radius), bool)
+            mask = ndimage.binary_opening(mask, structure=structure)
+        components, count = ndimage.label(mask)
+        if count == 0:
+            return mask
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        mask = components == int(np.argmax(sizes))
+        for z in range(mask.shape[2]):
+            mask[:, :, z] = ndimage.binary_fill_holes(mask[:, :, z])
+        return mask
+
+    def apply(self, image: Image) -> Image:
+        image.require_3d_single_channel(source="remove_background")
+        mask = self.body_mask(image)
+        out = image.numpy().copy()
+        out[0][~mask] = self.fill_value
+        return image.with_array(out)
