@@ -307,6 +307,10 @@ def train_seg(
     ],
     out: Annotated[Path, typer.Option("--out", help="Run folder (plan, log, checkpoints).")],
     iterations: Annotated[int, typer.Option(help="Training iterations (batches).")] = 4000,
+    minutes: Annotated[
+        float | None,
+        typer.Option(help="Wall-clock budget: the cosine schedule spans it, training stops then."),
+    ] = None,
     lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 3e-3,
     warmup: Annotated[int, typer.Option(help="Linear warm-up iterations.")] = 100,
     batch_size: Annotated[int | None, typer.Option(help="Override the planned batch.")] = None,
@@ -340,6 +344,12 @@ def train_seg(
         str | None,
         typer.Option(help="Class names, e.g. '1=anterior,2=posterior' (default dataset.json)."),
     ] = None,
+    network: Annotated[
+        str, typer.Option(help="auto, DynUNet or Lite0UNet (2D, ImageNet encoder).")
+    ] = "auto",
+    pretrained: Annotated[
+        bool, typer.Option(help="Lite0UNet: start the encoder from ImageNet weights.")
+    ] = True,
     tag: Annotated[
         str | None, typer.Option(help="Free text marker in the command line (e.g. for pkill).")
     ] = None,
@@ -357,6 +367,7 @@ def train_seg(
         data=data,
         out=out,
         iterations=iterations,
+        minutes=minutes,
         learning_rate=lr,
         warmup=warmup,
         batch_size=batch_size,
@@ -379,6 +390,8 @@ def train_seg(
         checkpoint_minutes=checkpoint_minutes,
         command=command,
         label_names=parse_label_names(labels),
+        network=network,
+        pretrained=pretrained,
     )
     best = train_segmentation(config)
     stdout.print(
@@ -652,6 +665,49 @@ def detect(
         )
     boxes = sum(len(r["boxes"]) for r in records)
     stdout.print(f"{len(records)} image(s), {boxes} box(es) -> {out}")
+
+
+# --------------------------------------------------------------------------- preprocess
+@app.command()
+def preprocess(
+    source: Annotated[Path, typer.Argument(help="Image file, DICOM folder or folder of images.")],
+    output: Annotated[Path, typer.Argument(help="Output file, or folder for a folder input.")],
+    pipeline: Annotated[
+        str,
+        typer.Option("--pipeline", "-p", help="Pipeline YAML file or preset: ct, mri, endoscopy."),
+    ],
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Apply a preprocessing pipeline (YAML or preset) to a file or a folder of images.
+
+    Writes the processed images (same names under OUTPUT for a folder) and a
+    provenance.json saying what was done to each. Example: ``medlens preprocess
+    imagesTr/ out/ --pipeline mri``.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from medlens.preprocess import Pipeline
+    from medlens.preprocess.run import plan_outputs, preprocess_path
+
+    chain = Pipeline.load(pipeline)
+    total = len(plan_outputs(source, output))
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"preprocess ({chain.name})", total=total)
+        written = preprocess_path(
+            source,
+            output,
+            chain,
+            overwrite=overwrite,
+            on_progress=lambda done, _total, _path: progress.update(task, completed=done),
+        )
+    stdout.print(f"wrote {len(written)} image(s) to {output} with pipeline '{chain.name}'")
 
 
 # --------------------------------------------------------------------------- entry point

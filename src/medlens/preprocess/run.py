@@ -1,0 +1,96 @@
+"""Run a pipeline on a file or a folder of images (what ``medlens preprocess`` does)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from medlens.errors import MedlensError
+from medlens.io.atomic import full_suffix
+from medlens.preprocess.atomic_text import write_text_atomic
+from medlens.preprocess.pipeline import Pipeline
+
+_IMAGE_SUFFIXES = (
+    ".nii",
+    ".nii.gz",
+    ".nrrd",
+    ".mha",
+    ".mhd",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files (by suffix) anywhere under ``folder``, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and full_suffix(p) in _IMAGE_SUFFIXES)
+
+
+def plan_outputs(source: Path, output: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: one file, a DICOM series folder, or a folder of images."""
+    if not source.exists():
+        raise MedlensError("no such file or folder", path=source, hint="check the path")
+    files = image_files(source) if source.is_dir() else []
+    if source.is_dir() and files:
+        if output.exists() and not output.is_dir():
+            raise MedlensError("output must be a folder when the input is a folder", path=output)
+        return [(f, output / f.relative_to(source)) for f in files]
+    if full_suffix(output) == "" or output.is_dir():
+        name = source.name if source.is_file() else f"{source.name}.nii.gz"
+        if source.is_file() and full_suffix(source) == ".dcm":
+            name = source.stem + ".nii.gz"
+        return [(source, output / name)]
+    return [(source, output)]
+
+
+def preprocess_path(
+    source: str | Path,
+    output: str | Path,
+    pipeline: Pipeline,
+    *,
+    overwrite: bool = False,
+    on_progress: Callable[[int, int, Path], None] | None = None,
+) -> list[Path]:
+    """Apply ``pipeline`` to every image and write results plus ``provenance.json``.
+
+    Every file is written atomically; existing outputs are an error unless ``overwrite``
+    (checked for all files before any work starts).
+    """
+    from medlens.io import read_image, write_image
+
+    source, output = Path(source), Path(output)
+    pairs = plan_outputs(source, output)
+    if not overwrite:
+        existing = [str(out) for _, out in pairs if out.exists()]
+        if existing:
+            raise MedlensError(
+                f"{len(existing)} output file(s) exist, e.g. {existing[0]}",
+                hint="pass --overwrite to replace them",
+            )
+    provenance: dict[str, object] = {"pipeline": pipeline.to_dict(), "images": {}}
+    written = []
+    for index, (path_in, path_out) in enumerate(pairs):
+        image = pipeline(read_image(path_in))
+        write_image(image, path_out, overwrite=True)
+        provenance["images"][str(path_out)] = {  # type: ignore[index]
+            "source": str(path_in),
+            "steps": image.metadata.get("provenance", []),
+            "shape": list(image.array.shape),
+            "spacing_mm": [float(v) for v in image.spacing_mm],
+        }
+        written.append(path_out)
+        if on_progress is not None:
+            on_progress(index + 1, len(pairs), path_in)
+    folder = output if output.is_dir() else None
+    record_path = (
+        folder / "provenance.json"
+        if folder is not None
+        else written[0].with_name(written[0].name + ".provenance.json")
+    )
+    write_text_atomic(record_path, json.dumps(provenance, indent=1, default=str))
+    return written
