@@ -236,6 +236,7 @@ class DicomDeidentifier:
                 elif (
                     element.VR in _FREE_VRS
                     and identifiers
+                    and int(element.tag) not in self.table  # not retained by an option
                     and _contains_any(element.value, identifiers)
                 ):
                     # a kept attribute repeating an identifying value of this file
