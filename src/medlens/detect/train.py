@@ -316,5 +316,17 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
     return {"best_ap50": best, **(history[-1] if history else {})}
 
 
-def command_line() -> str:
-    return "medlens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def command_line(params: dict[str, object] | None = None) -> str:
+    """The exact ``medlens train detect`` command of these (parsed) CLI parameters."""
+    if params is None:
+        return "medlens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    parts = ["medlens", "train", "detect", str(params["data"])]
+    for key, value in params.items():
+        if key == "data" or value is None:
+            continue
+        option = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(option if value else "--no-" + key.replace("_", "-"))
+        else:
+            parts += [option, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)

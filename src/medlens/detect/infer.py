@@ -1,0 +1,365 @@
+"""``medlens detect``: run a shipped detector on images, folders or DICOM, write the results.
+
+For each 2D image (or each slice of a DICOM series) ``NAME`` it writes, atomically:
+
+- ``OUT/NAME.txt``: YOLO lines ``class cx cy w h conf`` normalised to the image size;
+- ``OUT/NAME.json``: boxes in pixels (pixel-edge ``xyxy``), in mm (LPS corners, width and
+  height) and scores with class names;
+- ``OUT/NAME.png``: the image with the boxes drawn;
+
+plus ``OUT/detections.csv`` (one row per box, and one row per image without boxes) and, for
+DICOM input, ``OUT/NAME_sr.dcm``: a TID 1500 measurement report (highdicom Comprehensive 3D SR)
+with one planar-ROI finding per box, its rectangle as a SCOORD polyline on the source image.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from medlens.detect.boxes import Boxes
+from medlens.detect.data import IMAGE_SUFFIXES
+from medlens.detect.predict import Detector
+from medlens.errors import MedlensError
+from medlens.image import Image
+from medlens.io.atomic import atomic_output, full_suffix
+
+_RASTER_FORMATS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp")
+
+
+@dataclasses.dataclass
+class Slice:
+    """One 2D picture to run on: ``pixels`` (H, W) uint8 grey, from ``image`` slice ``k``."""
+
+    name: str
+    pixels: np.ndarray
+    image: Image
+    k: int
+    source: Any = None  # the pydicom dataset this slice came from (DICOM input)
+
+
+def load_detector(
+    model: str | Path, *, conf: float = 0.25, device: str = "cpu"
+) -> tuple[Detector, Any]:
+    import medlens.detect  # noqa: F401  (registers the architecture)
+    from medlens.models.zoo import load_model
+
+    network, card = load_model(model, device=device)
+    if card.task != "detection":
+        raise MedlensError(
+            f"model '{card.name}' is a {card.task} model, not a detection model",
+            hint="pick a detection model, e.g. kidney-stones",
+        )
+    size = int(card.input.get("long_side_px", 384))
+    nms = float(card.preprocessing.get("nms_iou", 0.5))
+    return Detector(network, input_size=size, conf=conf, nms_iou=nms, device=device), card
+
+
+def _window(image: Image, source: Any) -> tuple[float, float]:
+    """Display window (low, high) for non-8-bit input: the DICOM's own, else robust range."""
+    if source is not None and "WindowCenter" in source and "WindowWidth" in source:
+        center = float(np.ravel(np.asarray(source.WindowCenter, dtype=float))[0])
+        width = float(np.ravel(np.asarray(source.WindowWidth, dtype=float))[0])
+        return center - width / 2, center + width / 2
+    values = image.numpy()
+    low, high = np.percentile(values, [0.5, 99.5])
+    return float(low), float(max(high, low + 1e-6))
+
+
+def to_grey_uint8(image: Image, k: int, *, source: Any = None) -> np.ndarray:
+    """(H, W) uint8 of slice ``k``: RGB -> luma, other dtypes windowed to 0..255."""
+    array = image.numpy()[..., k]  # (C, W, H)
+    channels = array.shape[0]
+    if channels in (3, 4):
+        rgb = np.ascontiguousarray(array[:3].transpose(2, 1, 0))
+        if rgb.dtype != np.uint8:
+            low, high = _window(image, source)
+            rgb = (np.clip((rgb.astype(np.float32) - low) / (high - low), 0, 1) * 255).astype(
+                np.uint8
+            )
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    plane = array[0].T  # (H, W)
+    if plane.dtype == np.uint8:
+        return np.ascontiguousarray(plane)
+    low, high = _window(image, source)
+    return (np.clip((plane.astype(np.float32) - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+
+
+def collect_slices(path: str | Path, *, series_uid: str | None = None) -> list[Slice]:
+    """Slices of an image file, a folder of images, or a DICOM file/series."""
+    import pydicom
+
+    from medlens.io import image_format, read_image
+
+    path = Path(path)
+    if not path.exists():
+        raise MedlensError("input not found", path=path)
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if images:
+            slices: list[Slice] = []
+            for file in images:
+                slices.extend(collect_slices(file))
+            return slices
+    kind = image_format(path)
+    image = read_image(path, series_uid=series_uid)
+    sources: list[Any] = []
+    if kind == "dicom":
+        sources = [
+            pydicom.dcmread(f, stop_before_pixels=True) for f in image.metadata["source_files"]
+        ]
+    depth = image.spatial_shape[2]
+    stem = path.name if path.is_dir() else path.name[: len(path.name) - len(full_suffix(path))]
+    result = []
+    for k in range(depth):
+        source = sources[k] if len(sources) == depth else (sources[0] if sources else None)
+        name = stem if depth == 1 else f"{stem}_{k:04d}"
+        result.append(Slice(name, to_grey_uint8(image, k, source=source), image, k, source))
+    return result
+
+
+def slice_boxes_3d(boxes: Boxes, k: int) -> Boxes:
+    """2D slice boxes as 3D boxes lying in slice ``k`` (z corners at the slice centre)."""
+    xyxy = boxes.xyxy
+    z = np.full((len(boxes), 1), k + 0.5)
+    return Boxes(np.hstack([xyxy[:, :2], z, xyxy[:, 2:], z]), boxes.scores, boxes.labels)
+
+
+def boxes_record(item: Slice, boxes: Boxes, names: dict[int, str]) -> dict[str, Any]:
+    height, width = item.pixels.shape
+    world = slice_boxes_3d(boxes, item.k).to_world(item.image)
+    size_mm = boxes.size_mm(item.image)
+    return {
+        "image": item.name,
+        "source": str(item.image.metadata.get("path", "")),
+        "slice": item.k,
+        "width_px": width,
+        "height_px": height,
+        "spacing_mm": [float(v) for v in item.image.spacing_mm[:2]],
+        # PNG/JPEG carry no pixel size: their mm values assume 1 mm pixels
+        "spacing_known": item.image.metadata.get("format") not in _RASTER_FORMATS,
+        "boxes": [
+            {
+                "class_id": int(label),
+                "class_name": names.get(int(label), str(label)),
+                "score": round(float(score), 5),
+                "xyxy_px": [round(float(v), 2) for v in xyxy],
+                "corners_lps_mm": [[round(float(v), 3) for v in corner] for corner in corners],
+                "size_mm": [round(float(v), 3) for v in size],
+            }
+            for xyxy, score, label, corners, size in zip(
+                boxes.xyxy, boxes.scores, boxes.labels, world, size_mm, strict=True
+            )
+        ],
+    }
+
+
+def yolo_lines(boxes: Boxes, *, width: int, height: int) -> str:
+    lines = []
+    for (x0, y0, x1, y1), score, label in zip(boxes.xyxy, boxes.scores, boxes.labels, strict=True):
+        cx, cy = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height
+        w, h = (x1 - x0) / width, (y1 - y0) / height
+        lines.append(f"{int(label)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f} {score:.5f}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def overlay(pixels: np.ndarray, boxes: Boxes, names: dict[int, str]) -> np.ndarray:
+    canvas = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    thickness = max(1, round(max(pixels.shape) / 400))
+    for (x0, y0, x1, y1), score, label in zip(boxes.xyxy, boxes.scores, boxes.labels, strict=True):
+        cv2.rectangle(
+            canvas,
+            (int(x0), int(y0)),
+            (int(np.ceil(x1)) - 1, int(np.ceil(y1)) - 1),
+            (0, 0, 255),
+            thickness,
+        )
+        text = f"{names.get(int(label), label)} {score:.2f}"
+        cv2.putText(
+            canvas,
+            text,
+            (int(x0), max(10, int(y0) - 3)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35 * thickness,
+            (0, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+    return canvas
+
+
+def finding_code(name: str) -> Any:
+    from highdicom.sr import CodedConcept
+
+    if name.lower() in ("stone", "kidney stone", "calculus"):
+        return CodedConcept(value="95570007", scheme_designator="SCT", meaning="Kidney stone")
+    return CodedConcept(value="52988006", scheme_designator="SCT", meaning="Lesion")
+
+
+def write_sr(
+    path: Path, results: list[tuple[Slice, Boxes]], names: dict[int, str], card: Any
+) -> Path:
+    """TID 1500 measurement report: one planar ROI (rectangle polyline) per box."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    source_files = results[0][0].image.metadata.get("source_files", [])
+    evidence_by_uid = {}
+    for file in source_files:
+        dataset = pydicom.dcmread(file)
+        evidence_by_uid[dataset.SOPInstanceUID] = dataset
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=f"medlens {card.name}", version=card.sha256[:12] or "1"
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name="medlens detect"
+        ),
+    )
+    findings = []
+    counter = 0
+    for item, boxes in results:
+        dataset = (
+            evidence_by_uid.get(item.source.SOPInstanceUID) if item.source is not None else None
+        )
+        if dataset is None:
+            continue
+        size_mm = boxes.size_mm(item.image)
+        for (x0, y0, x1, y1), score, label, (w_mm, h_mm) in zip(
+            boxes.xyxy, boxes.scores, boxes.labels, size_mm, strict=True
+        ):
+            counter += 1
+            # SCOORD image coordinates (column, row) put 0.0 at the top-left corner of the
+            # top-left pixel: the same pixel-edge convention as Boxes.xyxy
+            rectangle = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
+            region = hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=rectangle,
+                source_image=hd.sr.SourceImageForRegion.from_source_image(dataset),
+            )
+            name = names.get(int(label), str(label))
+            findings.append(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(
+                        uid=hd.UID(), identifier=f"{name} {counter}"
+                    ),
+                    referenced_region=region,
+                    finding_type=finding_code(name),
+                    algorithm_id=algorithm,
+                    measurements=[
+                        hd.sr.Measurement(
+                            name=codes.SCT.Width, value=float(w_mm), unit=codes.UCUM.Millimeter
+                        ),
+                        hd.sr.Measurement(
+                            name=codes.DCM.Height, value=float(h_mm), unit=codes.UCUM.Millimeter
+                        ),
+                        hd.sr.Measurement(
+                            name=codes.DCM.Probability, value=float(score), unit=codes.UCUM.NoUnits
+                        ),
+                    ],
+                )
+            )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=findings or None,
+        title=codes.DCM.ImagingMeasurementReport,
+        referenced_images=None if findings else list(evidence_by_uid.values())[:1],
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(evidence_by_uid.values()),
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medlens",
+        is_complete=True,
+    )
+    with atomic_output(path) as temporary:
+        sr.save_as(temporary, enforce_file_format=True)
+    return path
+
+
+def run_detection(
+    model: str | Path,
+    source: str | Path,
+    out: str | Path,
+    *,
+    conf: float = 0.25,
+    series_uid: str | None = None,
+    device: str = "cpu",
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """Detect on ``source`` and write all outputs into ``out``; returns the JSON records."""
+    detector, card = load_detector(model, conf=conf, device=device)
+    names = dict(card.labels)
+    slices = collect_slices(source, series_uid=series_uid)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    results: list[tuple[Slice, Boxes]] = []
+    for item in slices:
+        boxes = detector([item.pixels])[0]
+        results.append((item, boxes))
+        height, width = item.pixels.shape
+        record = boxes_record(item, boxes, names)
+        with atomic_output(out / f"{item.name}.txt") as temporary:
+            temporary.write_text(yolo_lines(boxes, width=width, height=height))
+        with atomic_output(out / f"{item.name}.json") as temporary:
+            temporary.write_text(json.dumps(record, indent=1) + "\n")
+        with atomic_output(out / f"{item.name}.png") as temporary:
+            if not cv2.imwrite(str(temporary), overlay(item.pixels, boxes, names)):
+                raise MedlensError(
+                    "OpenCV could not write the overlay", path=out / f"{item.name}.png"
+                )
+        records.append(record)
+        if progress is not None:
+            progress()
+    with (
+        atomic_output(out / "detections.csv") as temporary,
+        open(temporary, "w", newline="") as handle,
+    ):
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "image",
+                "slice",
+                "class_name",
+                "score",
+                "x0_px",
+                "y0_px",
+                "x1_px",
+                "y1_px",
+                "width_mm",
+                "height_mm",
+            ]
+        )
+        for record in records:
+            if not record["boxes"]:
+                writer.writerow([record["image"], record["slice"], "", "", "", "", "", "", "", ""])
+            for box in record["boxes"]:
+                writer.writerow(
+                    [
+                        record["image"],
+                        record["slice"],
+                        box["class_name"],
+                        box["score"],
+                        *box["xyxy_px"],
+                        *box["size_mm"],
+                    ]
+                )
+    dicom = [(item, boxes) for item, boxes in results if item.source is not None]
+    if dicom:
+        base = Path(source)
+        stem = base.name if base.is_dir() else base.name[: len(base.name) - len(full_suffix(base))]
+        write_sr(out / f"{stem}_sr.dcm", dicom, names, card)
+    return records

@@ -1,0 +1,349 @@
+"""Detection: boxes in px and mm, YOLO/COCO data checks, training, resume and `medlens detect`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+
+from medlens.cli import main
+from medlens.detect.boxes import Boxes, box_iou
+from medlens.detect.data import load_detection_data, read_grey
+from medlens.errors import MedlensError
+from medlens.image import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "models" / "kidney-stones"
+
+
+def run_cli(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return int(exit_info.value.code or 0)
+
+
+@pytest.fixture
+def stones(shared_data: Path, tmp_path: Path) -> Path:
+    """A tiny YOLO copy of the kidney-stone set: 4 train (3 with stones), 2 val images."""
+    source = shared_data / "kidney-stones"
+    root = tmp_path / "stones"
+    for split, count in (("train", 4), ("val", 2)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        labels = sorted((source / "labels" / split).glob("*.txt"))
+        chosen = [p for p in labels if p.read_text().strip()][: count - 1] + [
+            p for p in labels if not p.read_text().strip()
+        ][:1]
+        for label in chosen:
+            shutil.copy(label, root / "labels" / split / label.name)
+            shutil.copy(source / "images" / split / f"{label.stem}.jpg", root / "images" / split)
+    return root
+
+
+def first_label(root: Path) -> Path:
+    return sorted((root / "labels" / "train").glob("*.txt"))[0]
+
+
+# --------------------------------------------------------------------------- boxes
+def test_boxes_map_pixel_edges_to_lps_mm_through_spacing_origin_and_direction() -> None:
+    image = Image(
+        np.zeros((1, 100, 80, 1), np.float32),
+        spacing_mm=(0.5, 0.8, 3.0),
+        origin_mm=(10.0, -20.0, 5.0),
+    )
+    boxes = Boxes(np.array([[10.0, 20.0, 30.0, 60.0]]))
+    corners = boxes.to_world(image)
+    # pixel centre i sits at origin + i * spacing, so edge x = 10 is at 9.5 pixels; a 2D box
+    # lies in the plane of slice 0
+    np.testing.assert_allclose(corners[0, 0], [10 + 9.5 * 0.5, -20 + 19.5 * 0.8, 5.0])
+    np.testing.assert_allclose(boxes.size_mm(image), [[10.0, 32.0]])
+
+
+def test_3d_boxes_have_volume_iou_and_nms_keeps_the_best_of_overlapping_boxes() -> None:
+    a = np.array([[0, 0, 0, 10, 10, 10.0]])
+    b = np.array([[0, 0, 5, 10, 10, 15.0]])
+    assert box_iou(a, b)[0, 0] == pytest.approx(500 / 1500)
+    boxes = Boxes(
+        np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60.0]]),
+        scores=np.array([0.5, 0.9, 0.3]),
+    )
+    kept = boxes.nms(iou_threshold=0.5)
+    np.testing.assert_allclose(kept.scores, [0.9, 0.3])
+
+
+# --------------------------------------------------------------------------- data checks
+def test_yolo_split_loads_boxes_in_pixels(stones: Path) -> None:
+    samples, names = load_detection_data(stones, "train", names={0: "stone"})
+    assert names == {0: "stone"} and len(samples) == 4
+    with_boxes = [s for s in samples if len(s.boxes)]
+    assert len(with_boxes) == 3
+    sample = with_boxes[0]
+    line = (stones / "labels" / "train" / f"{sample.path.stem}.txt").read_text().split()
+    height, width = sample.pixels.shape
+    cx, w = float(line[1]) * width, float(line[3]) * width
+    assert sample.boxes.xyxy[0, 0] == pytest.approx(max(cx - w / 2, 0))
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("0 0.5 0.5 0.1", "line 2: expected 5 fields"),
+        ("0 0.5 1.5 0.1 0.1", "line 2: coordinates must be normalised"),
+        ("3 0.5 0.5 0.1 0.1", "line 2: class 3 is not one of the dataset's 1 class"),
+        ("0 a 0.5 0.1 0.1", "line 2: not numbers"),
+    ],
+)
+def test_bad_label_line_names_file_and_line(stones: Path, line: str, message: str) -> None:
+    label = first_label(stones)
+    label.write_text("0 0.5 0.5 0.1 0.1\n" + line + "\n")
+    with pytest.raises(MedlensError, match=message) as error:
+        load_detection_data(stones, "train", names={0: "stone"})
+    assert error.value.path == str(label)
+
+
+def test_image_without_label_file_is_an_error_naming_it(stones: Path) -> None:
+    label = first_label(stones)
+    label.unlink()
+    with pytest.raises(MedlensError, match=f"{label.stem}.jpg has no label file"):
+        load_detection_data(stones, "train")
+
+
+def test_corrupt_jpeg_is_named(stones: Path) -> None:
+    image = sorted((stones / "images" / "train").glob("*.jpg"))[1]
+    image.write_bytes(image.read_bytes()[:300])
+    with pytest.raises(MedlensError, match="cannot decode image") as error:
+        load_detection_data(stones, "train")
+    assert error.value.path == str(image)
+
+
+def test_grey_and_rgb_images_give_the_same_grey_pixels(stones: Path, tmp_path: Path) -> None:
+    image = sorted((stones / "images" / "train").glob("*.jpg"))[0]
+    rgb = read_grey(image)
+    grey_png = tmp_path / "grey.png"
+    cv2.imwrite(str(grey_png), rgb)
+    rgba_png = tmp_path / "rgba.png"
+    cv2.imwrite(str(rgba_png), cv2.cvtColor(rgb, cv2.COLOR_GRAY2BGRA))
+    np.testing.assert_array_equal(read_grey(grey_png), rgb)
+    np.testing.assert_array_equal(read_grey(rgba_png), rgb)
+
+
+def test_coco_json_gives_the_same_boxes_as_yolo(stones: Path) -> None:
+    yolo, _ = load_detection_data(stones, "val", names={0: "stone"})
+    coco = {"images": [], "annotations": [], "categories": [{"id": 7, "name": "stone"}]}
+    for number, sample in enumerate(yolo):
+        height, width = sample.pixels.shape
+        coco["images"].append(
+            {"id": number, "file_name": sample.path.name, "width": width, "height": height}
+        )
+        for x0, y0, x1, y1 in sample.boxes.xyxy:
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]),
+                    "image_id": number,
+                    "category_id": 7,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                }
+            )
+    root = stones.parent / "coco"
+    shutil.copytree(stones / "images", root / "images")
+    (root / "annotations").mkdir()
+    (root / "annotations" / "val.json").write_text(json.dumps(coco))
+    samples, names = load_detection_data(root, "val")
+    assert names == {0: "stone"}
+    for a, b in zip(samples, yolo, strict=True):
+        np.testing.assert_allclose(a.boxes.xyxy, b.boxes.xyxy)
+
+
+# --------------------------------------------------------------------------- training
+TRAIN_ARGS = [
+    "--names",
+    "0=stone",
+    "--batch-size",
+    "2",
+    "--input-size",
+    "128",
+    "--crop-size",
+    "96",
+    "--threads",
+    "1",
+    "--max-iterations",
+    "2",
+]
+
+
+def test_train_writes_a_loadable_model_and_resume_continues(stones: Path, tmp_path: Path) -> None:
+    from medlens.detect.infer import load_detector
+
+    run = tmp_path / "run"
+    assert (
+        run_cli(["train", "detect", str(stones), "--out", str(run), "--epochs", "1", *TRAIN_ARGS])
+        == 0
+    )
+    card = json.loads((run / "model" / "model.json").read_text())
+    assert card["task"] == "detection" and card["labels"] == {"0": "stone"}
+    assert "train detect" in card["training"]["command"]
+    assert {"val_ap50", "val_froc_sens_at_1fp"} <= set(card["metrics"])
+    assert (run / "metrics.png").stat().st_size > 0
+    detector, _ = load_detector(run / "model")
+    assert detector.input_size == 128
+
+    # a second run into the same folder must not silently overwrite it
+    assert run_cli(["train", "detect", str(stones), "--out", str(run), *TRAIN_ARGS]) == 2
+    assert (
+        run_cli(
+            [
+                "train",
+                "detect",
+                str(stones),
+                "--out",
+                str(run),
+                "--epochs",
+                "2",
+                "--resume",
+                *TRAIN_ARGS,
+            ]
+        )
+        == 0
+    )
+    with open(run / "metrics.csv") as handle:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
+    assert epochs == [0, 1]
+
+
+def test_bad_dataset_fails_through_the_cli_with_exit_2_and_writes_nothing(
+    stones: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first_label(stones).write_text("0 0.5 0.5 0.1\n")
+    run = tmp_path / "bad-run"
+    assert run_cli(["train", "detect", str(stones), "--out", str(run), *TRAIN_ARGS]) == 2
+    assert "line 1: expected 5 fields" in capsys.readouterr().err
+    assert not (run / "checkpoint.pt").exists() and not (run / "model").exists()
+
+
+# --------------------------------------------------------------------------- detect
+needs_model = pytest.mark.skipif(
+    not (SHIPPED / "model.json").is_file(), reason="models/kidney-stones not trained yet"
+)
+
+
+@needs_model
+def test_detect_writes_yolo_json_png_and_csv_and_finds_labelled_stones(
+    examples: Path, tmp_path: Path
+) -> None:
+    images = examples / "kidney-stones" / "images"
+    out = tmp_path / "out"
+    assert run_cli(["detect", "kidney-stones", str(images), str(out), "--conf", "0.3"]) == 0
+    hits = total = 0
+    for image in sorted(images.glob("*.jpg")):
+        name = image.name[: -len(".jpg")]
+        lines = [line.split() for line in (out / f"{name}.txt").read_text().splitlines()]
+        assert all(len(line) == 6 for line in lines)
+        record = json.loads((out / f"{name}.json").read_text())
+        assert len(record["boxes"]) == len(lines)
+        height, width = cv2.imread(str(image)).shape[:2]
+        assert cv2.imread(str(out / f"{name}.png")).shape[:2] == (height, width)
+        truth = np.array(
+            [
+                [float(v) for v in line.split()[1:]]
+                for line in (examples / "kidney-stones" / "labels" / f"{name}.txt")
+                .read_text()
+                .splitlines()
+            ]
+        ).reshape(-1, 4)
+        found = np.array([b["xyxy_px"] for b in record["boxes"]]).reshape(-1, 4)
+        centre, size = truth[:, :2], truth[:, 2:]
+        truth_xyxy = np.hstack([centre - size / 2, centre + size / 2]) * [
+            width,
+            height,
+            width,
+            height,
+        ]
+        if len(found) and len(truth_xyxy):
+            hits += int((box_iou(truth_xyxy, found).max(axis=1) >= 0.5).sum())
+        total += len(truth_xyxy)
+    assert total > 0 and hits / total >= 0.75
+    with open(out / "detections.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["image"] for row in rows} == {p.name[:-4] for p in images.glob("*.jpg")}
+
+
+def ct_dicom_from_jpeg(jpeg: Path, path: Path) -> np.ndarray:
+    """A CT slice (HU, 0.7 mm pixels) whose stored window maps back to the JPEG's grey."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    grey = read_grey(jpeg)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.Modality, ds.PatientName, ds.PatientID = "CT", "Test^Stone", "STONE1"
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240101", "120000", "1", "1"
+    ds.ReferringPhysicianName, ds.PatientBirthDate, ds.PatientSex = "", "", "O"
+    ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer = 1, 1, "test"
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [-180.0, -180.0, 50.0], [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 1.0
+    ds.Rows, ds.Columns = grey.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    ds.WindowCenter, ds.WindowWidth = -1024 + 510, 1020
+    ds.PixelData = (grey.astype(np.uint16) * 4).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return grey
+
+
+@needs_model
+def test_detect_on_dicom_gives_mm_boxes_and_a_tid1500_sr(examples: Path, tmp_path: Path) -> None:
+    jpeg = sorted((examples / "kidney-stones" / "images").glob("*.jpg"))[0]
+    dicom = tmp_path / "stone.dcm"
+    ct_dicom_from_jpeg(jpeg, dicom)
+    out = tmp_path / "out"
+    assert run_cli(["detect", str(SHIPPED), str(dicom), str(out), "--conf", "0.2"]) == 0
+    record = json.loads((out / "stone.json").read_text())
+    assert record["spacing_known"] and record["boxes"]
+    jpeg_out = tmp_path / "jpeg-out"
+    assert run_cli(["detect", str(SHIPPED), str(jpeg), str(jpeg_out), "--conf", "0.2"]) == 0
+    from_jpeg = json.loads(next(jpeg_out.glob("*.json")).read_text())
+    np.testing.assert_allclose(
+        [b["xyxy_px"] for b in record["boxes"]],
+        [b["xyxy_px"] for b in from_jpeg["boxes"]],
+        atol=0.05,
+    )
+    box = record["boxes"][0]
+    x0, y0, x1, y1 = box["xyxy_px"]
+    np.testing.assert_allclose(box["size_mm"], [(x1 - x0) * 0.7, (y1 - y0) * 0.7], atol=0.01)
+    np.testing.assert_allclose(
+        box["corners_lps_mm"][0][:2], [-180 + (x0 - 0.5) * 0.7, -180 + (y0 - 0.5) * 0.7], atol=0.01
+    )
+
+    sr = pydicom.dcmread(out / "stone_sr.dcm")
+    source = pydicom.dcmread(dicom)
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert sr.PatientID == "STONE1"
+    import highdicom as hd
+
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    groups = report.content.get_planar_roi_measurement_groups()
+    assert len(groups) == len(record["boxes"])
+    region = groups[0].roi
+    assert region.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    np.testing.assert_allclose(region.value[0], [x0, y0], atol=0.01)
+
+
+@needs_model
+def test_detect_refuses_a_missing_input_with_exit_2(tmp_path: Path) -> None:
+    assert (
+        run_cli(["detect", "kidney-stones", str(tmp_path / "nope.jpg"), str(tmp_path / "o")]) == 2
+    )
