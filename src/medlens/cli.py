@@ -263,6 +263,7 @@ def train_detect(
     Example: ``medlens train detect ../shared/data/kidney-stones --out runs/stones
     --names 0=stone``. Writes RUN/checkpoint.pt, RUN/metrics.csv/.png and the best model.
     """
+    params = dict(locals())  # the parsed options, recorded as the exact command in the card
     from medlens.detect.train import DetectTrainConfig, command_line, train_detector
 
     config = DetectTrainConfig(
@@ -284,7 +285,7 @@ def train_detect(
         val_limit=val_limit,
         threads=threads,
         device=device,
-        command=command_line(),
+        command=command_line(params),
     )
     best = train_detector(config, log=lambda text: stdout.print(text, highlight=False))
     stdout.print(f"best validation AP50 {best['best_ap50']:.4f}")
