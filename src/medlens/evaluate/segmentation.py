@@ -156,6 +156,8 @@ def surface_distances(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Surface distances in mm: (prediction -> reference, reference -> prediction).
 
+    One value per surface voxel of the first (second) mask, in no particular order.
+
     Both masks must be non-empty boolean arrays of the same 2D or 3D shape, already cropped or
     not (only the surface voxels matter). ``method`` is ``"kdtree"`` (CPU default), ``"edt"``
     (distance transform of the cropped box) or ``"torch"`` (exact pairwise on ``device``,
@@ -193,10 +195,22 @@ def surface_distances(
         to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=spacing)
         to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
         return to_ref[pred_surface], to_pred[ref_surface]
+    # Voxels on both surfaces are at distance 0: only the others need a nearest-neighbour
+    # query (for good predictions most of the surface coincides).
+    common = pred_surface & ref_surface
+    num_common = int(np.count_nonzero(common))
     pred_points = np.argwhere(pred_surface) * spacing
     ref_points = np.argwhere(ref_surface) * spacing
-    forward = cKDTree(ref_points, leafsize=32).query(pred_points, k=1)[0]
-    backward = cKDTree(pred_points, leafsize=32).query(ref_points, k=1)[0]
+    pred_only = np.argwhere(pred_surface & ~common) * spacing
+    ref_only = np.argwhere(ref_surface & ~common) * spacing
+    forward = np.zeros(num_common + len(pred_only))
+    backward = np.zeros(num_common + len(ref_only))
+    if len(pred_only):
+        tree = cKDTree(ref_points, leafsize=32, balanced_tree=False)
+        forward[num_common:] = tree.query(pred_only, k=1)[0]
+    if len(ref_only):
+        tree = cKDTree(pred_points, leafsize=32, balanced_tree=False)
+        backward[num_common:] = tree.query(ref_only, k=1)[0]
     return forward, backward
 
 
@@ -294,7 +308,8 @@ def segmentation_metrics(
             singleton slice axis of 2D images are removed.
         ref: reference label map of the same shape.
         spacing_mm: voxel size per axis in mm (scalar for isotropic); ``None`` means 1 mm.
-        labels: label values to evaluate; default: every non-zero value in either map.
+        labels: positive label values to evaluate; default: every positive value in either
+            map.
         nsd_tolerance_mm: distance under which a surface voxel counts as correct for NSD.
         method: surface distance back end, ``"kdtree"``, ``"edt"`` or ``"torch"``.
         device: torch device for ``method="torch"`` (default CUDA when available).
@@ -321,9 +336,16 @@ def segmentation_metrics(
     spacing = _spacing(_squeeze_spacing(spacing_mm, _as_numpy(ref).shape, ref_np.ndim), ref_np.ndim)
     pred_int = _as_labels(pred_np)
     ref_int = _as_labels(ref_np)
-    # One pass over each volume finds the bounding box of every label.
-    pred_boxes = ndimage.find_objects(np.clip(pred_int, 0, None)) if pred_int.size else []
-    ref_boxes = ndimage.find_objects(np.clip(ref_int, 0, None)) if ref_int.size else []
+    if labels is not None and any(int(label) <= 0 for label in labels):
+        raise MedlensError("labels must be positive (0 is background)")
+    # Everything below works on the bounding box of all foreground of both maps: two cheap
+    # max-projections per map, then find_objects (a scalar loop) on the crop only.
+    box = _union_box((_foreground_box(pred_int), _foreground_box(ref_int)), ref_int.shape)
+    if box is None:
+        box = (slice(0, 1),) * ref_int.ndim
+    pred_int, ref_int = pred_int[box], ref_int[box]
+    pred_boxes = ndimage.find_objects(_non_negative(pred_int))
+    ref_boxes = ndimage.find_objects(_non_negative(ref_int))
     if labels is None:
         present = {i + 1 for i, box in enumerate(pred_boxes) if box is not None}
         present |= {i + 1 for i, box in enumerate(ref_boxes) if box is not None}
@@ -338,8 +360,6 @@ def segmentation_metrics(
             ),
             ref_int.shape,
         )
-        if label <= 0:
-            box = (slice(None),) * ref_int.ndim  # background: the whole image
         if box is None:
             empty = np.zeros((1,) * ref_int.ndim, bool)
             row = binary_metrics(empty, empty, spacing_mm=spacing)
@@ -354,6 +374,33 @@ def segmentation_metrics(
             )
         rows.append({"label": label, **{key: row[key] for key in METRIC_COLUMNS[1:]}})
     return rows
+
+
+def _foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of all positive labels, from max-projections (no full-size temporaries)."""
+    if labels.size == 0:
+        return None
+    if labels.ndim == 3:
+        plane = labels.max(axis=2)
+        extents = [plane.max(axis=1), plane.max(axis=0), labels.max(axis=(0, 1))]
+    else:
+        extents = [
+            labels.max(axis=tuple(a for a in range(labels.ndim) if a != axis))
+            for axis in range(labels.ndim)
+        ]
+    box = []
+    for extent in extents:
+        found = np.flatnonzero(extent > 0)
+        if found.size == 0:
+            return None
+        box.append(slice(int(found[0]), int(found[-1]) + 1))
+    return tuple(box)
+
+
+def _non_negative(labels: np.ndarray) -> np.ndarray:
+    if labels.dtype.kind == "u" or labels.dtype == bool:
+        return labels
+    return np.clip(labels, 0, None)
 
 
 def _squeeze(array: np.ndarray) -> np.ndarray:
