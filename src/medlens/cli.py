@@ -415,6 +415,9 @@ def deid(
             "or options joined by '+': dates, patient, device, descriptors."
         ),
     ] = "research",
+    workers: Annotated[
+        int, typer.Option(help="Parallel processes (0 = one per CPU core).", min=0)
+    ] = 0,
 ) -> None:
     """De-identify DICOM (PS3.15 Annex E + options), NIfTI and NRRD files with a secret key.
 
@@ -423,6 +426,8 @@ def deid(
     when a file was corrupt or had burned-in text that could not be blanked (listed).
     Create a key with `head -c 64 /dev/urandom > deid.key`.
     """
+    import os
+
     from rich.progress import Progress
 
     from medlens.privacy.deid import deidentify
@@ -434,6 +439,7 @@ def deid(
             output,
             key_file=key_file,
             profile=profile,
+            workers=workers or (os.cpu_count() or 1),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     stdout.print(f"wrote {len(report.written)} files to {output}  (audit: {report.audit_log})")

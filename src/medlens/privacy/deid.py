@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,60 +90,108 @@ def deidentify(
     *,
     key_file: str | Path,
     profile: str | Profile = "research",
+    workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> DeidReport:
     """De-identify ``source`` (file or folder) into the folder ``output``.
+
+    ``workers`` > 1 processes files in that many processes (each file is independent: UIDs,
+    pseudonyms and date offsets are keyed functions of the originals, no shared state).
 
     Example (shell): ``medlens deid dicoms/ deid_out/ --key-file deid.key --profile research``.
     """
     source, output = check_paths(Path(source), Path(output))
     key = load_key(key_file)
     chosen = profile if isinstance(profile, Profile) else Profile.parse(profile)
-    engine = DicomDeidentifier(key, chosen)
     report = DeidReport()
     root = source if source.is_dir() else source.parent
     files = list(_files(source))
     output.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
-    for index, path in enumerate(files):
-        relative = path.relative_to(root).as_posix()
-        entry: dict[str, Any] = {"input": engine.keys.keyed_hash(relative)}
-        suffix = _suffix(path)
-        try:
-            if suffix in _NIFTI_SUFFIXES or suffix in _NRRD_SUFFIXES:
-                target = (
-                    output
-                    / "volumes"
-                    / (
-                        engine.keys.file_stem(relative)
-                        + (".nii.gz" if suffix in _NIFTI_SUFFIXES else ".nrrd")
-                    )
-                )
-                cleaned = (clean_nifti if suffix in _NIFTI_SUFFIXES else clean_nrrd)(path, target)
-                entry.update(
-                    kind="volume", output=target.relative_to(output).as_posix(), cleaned=cleaned
-                )
-                report.written.append(target)
-            else:
-                target = _deid_dicom(engine, path, output, suffix, entry)
-                if target is None:
-                    report.non_dicom.append(relative)
-                    entry.update(kind="not dicom", output=None)
-                else:
-                    report.written.append(target)
-        except BurnedInRefused as error:
-            report.refused.append((relative, str(error)))
-            entry.update(kind="refused", reason=str(error), output=None)
-        except MedlensError as error:
-            report.corrupt.append((relative, error.message))
-            entry.update(kind="corrupt", reason=error.message, output=None)
-        lines.append(json.dumps(entry, sort_keys=True))
-        if progress is not None:
-            progress(index + 1, len(files))
+    jobs = [(path, path.relative_to(root).as_posix(), output) for path in files]
+    if workers > 1 and len(files) > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(key, chosen),
+        )
+        with pool:
+            results = pool.map(_worker_job, jobs, chunksize=8)
+            _collect(results, report, lines, progress, len(files))
+    else:
+        engine = DicomDeidentifier(key, chosen)
+        results = (_process(engine, *job) for job in jobs)
+        _collect(results, report, lines, progress, len(files))
     with atomic_output(output / AUDIT_NAME) as temporary:
         temporary.write_text("\n".join(lines) + "\n")
     report.audit_log = output / AUDIT_NAME
     return report
+
+
+_WORKER_ENGINE: list[DicomDeidentifier] = []  # one engine per worker process (its caches)
+
+
+def _init_worker(key: bytes, profile: Profile) -> None:
+    _WORKER_ENGINE[:] = [DicomDeidentifier(key, profile)]
+
+
+def _worker_job(job: tuple[Path, str, Path]) -> tuple[str, str, str, dict[str, Any]]:
+    return _process(_WORKER_ENGINE[0], *job)
+
+
+def _collect(
+    results: Iterable[tuple[str, str, str, dict[str, Any]]],
+    report: DeidReport,
+    lines: list[str],
+    progress: Callable[[int, int], None] | None,
+    total: int,
+) -> None:
+    for index, (kind, relative, target, entry) in enumerate(results):
+        if kind in ("dicom", "volume"):
+            report.written.append(Path(target))
+        elif kind == "not dicom":
+            report.non_dicom.append(relative)
+        elif kind == "refused":
+            report.refused.append((relative, entry["reason"]))
+        else:
+            report.corrupt.append((relative, entry["reason"]))
+        lines.append(json.dumps(entry, sort_keys=True))
+        if progress is not None:
+            progress(index + 1, total)
+
+
+def _process(
+    engine: DicomDeidentifier, path: Path, relative: str, output: Path
+) -> tuple[str, str, str, dict[str, Any]]:
+    """(kind, relative input, output path or "", audit entry) for one input file."""
+    entry: dict[str, Any] = {"input": engine.keys.keyed_hash(relative)}
+    suffix = _suffix(path)
+    try:
+        if suffix in _NIFTI_SUFFIXES or suffix in _NRRD_SUFFIXES:
+            nifti = suffix in _NIFTI_SUFFIXES
+            name = engine.keys.file_stem(relative) + (".nii.gz" if nifti else ".nrrd")
+            target = output / "volumes" / name
+            cleaned = (clean_nifti if nifti else clean_nrrd)(path, target)
+            entry.update(
+                kind="volume", output=target.relative_to(output).as_posix(), cleaned=cleaned
+            )
+            return "volume", relative, str(target), entry
+        written = _deid_dicom(engine, path, output, suffix, entry)
+        if written is None:
+            entry.update(kind="not dicom", output=None)
+            return "not dicom", relative, "", entry
+        return "dicom", relative, str(written), entry
+    except BurnedInRefused as error:
+        entry.update(kind="refused", reason=str(error), output=None)
+        return "refused", relative, "", entry
+    except MedlensError as error:
+        entry.update(kind="corrupt", reason=error.message, output=None)
+        return "corrupt", relative, "", entry
 
 
 def _read_dicom(path: Path, suffix: str) -> pydicom.Dataset | None:

@@ -170,84 +170,82 @@ class DicomDeidentifier:
         return item
 
     def _identifiers(self, ds: Dataset) -> list[str]:
-        """Identifying strings of this file, to clean out of free text (longest first)."""
+        """Identifying strings of this file, to clean out of free text (longest first).
+
+        Works on the raw bytes (no pydicom value conversion: most elements are never
+        converted at all, which is what makes de-identification fast).
+        """
         found: set[str] = set()
-        for element in ds.iterall():
-            rule = self.table.get(element.tag)
-            if element.VR not in _STRING_VRS or element.VR in _TEXT_VRS:
-                continue
-            if not (element.VR == "PN" or (rule and rule.action in "XZDU")):
-                continue
-            values = element.value if isinstance(element.value, (list, tuple)) else [element.value]
-            for value in values:
-                text = str(value or "")
-                parts = [text, *re.split(r"[\^=\s,]+", text)]
-                found.update(p.strip() for p in parts if len(p.strip()) >= 3)
+        self._collect_identifiers(ds, found)
         return sorted(found, key=len, reverse=True)
+
+    def _collect_identifiers(self, ds: Dataset, found: set[str]) -> None:
+        for tag in list(ds.keys()):
+            if tag.is_private or (tag >> 16) == 0x0002:
+                continue
+            vr = _vr(ds, tag)
+            rule = self.table.get(int(tag))
+            if vr == "SQ":
+                if rule is None or rule.action != "X":  # removed sequences need no cleaning
+                    for item in ds[tag].value:
+                        self._collect_identifiers(item, found)
+                continue
+            if vr not in _STRING_VRS or vr in _TEXT_VRS:
+                continue
+            if not (vr == "PN" or (rule and rule.action in "XZDU")):
+                continue
+            text = _text(ds.get_item(tag))
+            for value in text.split("\\"):
+                parts = [value, *re.split(r"[\^=\s,]+", value)]
+                found.update(p.strip() for p in parts if len(p.strip()) >= 3)
 
     def _walk(
         self, ds: Dataset, audit: Audit, *, offset: int, identifiers: list[str], depth: int
     ) -> None:
         creators = self._private_creators(ds)
-        for element in list(ds):
-            tag = int(element.tag)
-            if tag in _NEVER_TOUCH or (tag >> 16) == 0x0002:
+        for tag in list(ds.keys()):
+            number = int(tag)
+            if number in _NEVER_TOUCH or (number >> 16) == 0x0002:
                 continue
-            if element.tag.is_private:
-                self._private(ds, element, creators, audit)
+            if tag.is_private:
+                self._private(ds, tag, creators, audit)
                 continue
-            action, name = self._action(element)
+            vr = _vr(ds, tag)
+            action, name = self._action(number, vr)
             if action == "X":
-                del ds[element.tag]
+                del ds[tag]
                 audit.removed.add(name)
             elif action == "Z":
-                if element.VR == "SQ":
-                    element.value = Sequence()
-                elif element.value not in (None, "", b""):
-                    element.value = ""
+                if vr == "SQ":
+                    ds[tag] = DataElement(tag, "SQ", Sequence())
+                elif _text(ds.get_item(tag)):
+                    ds[tag] = DataElement(tag, vr, "" if vr in _STRING_VRS else None)
                     audit.emptied.add(name)
-            elif action == "D":
-                if element.VR == "SQ":
-                    for item in element.value:
-                        self._walk(
-                            item, audit, offset=offset, identifiers=identifiers, depth=depth + 1
-                        )
-                else:
-                    element.value = _DUMMY.get(element.VR, "")
-                    audit.replaced.add(name)
-            elif action == "U":
-                if element.VR == "SQ":
-                    for item in element.value:
-                        self._walk(
-                            item, audit, offset=offset, identifiers=identifiers, depth=depth + 1
-                        )
-                else:
-                    self._remap_uid(element, audit)
+            elif action == "D" and vr != "SQ":
+                ds[tag] = DataElement(tag, vr, _DUMMY.get(vr, ""))
+                audit.replaced.add(name)
+            elif action in "DUK" and vr == "SQ":
+                for item in ds[tag].value:
+                    self._walk(item, audit, offset=offset, identifiers=identifiers, depth=depth + 1)
+            elif action == "U" or (action == "K" and vr == "UI"):
+                self._remap_uid(ds[tag], audit)
             elif action == "C":
-                self._clean(element, audit, offset=offset, identifiers=identifiers, name=name)
-            else:  # K
-                if element.VR == "SQ":
-                    for item in element.value:
-                        self._walk(
-                            item, audit, offset=offset, identifiers=identifiers, depth=depth + 1
-                        )
-                elif element.VR == "UI":
-                    self._remap_uid(element, audit)
-                elif (
-                    element.VR in _FREE_VRS
-                    and identifiers
-                    and int(element.tag) not in self.table  # not retained by an option
-                    and _contains_any(element.value, identifiers)
-                ):
-                    # a kept attribute repeating an identifying value of this file
-                    # (e.g. Scheduled Procedure Step ID = Accession Number)
-                    element.value = _scrub_text(element.value, identifiers)
-                    audit.cleaned.add(name)
-                elif depth == 0:
-                    audit.kept.add(name)
+                self._clean(ds[tag], audit, offset=offset, identifiers=identifiers, name=name)
+            elif (
+                vr in _FREE_VRS
+                and identifiers
+                and number not in self.table  # not retained by an option
+                and _contains_any(_text(ds.get_item(tag)), identifiers)
+            ):
+                # a kept attribute repeating an identifying value of this file
+                # (e.g. Scheduled Procedure Step ID = Accession Number)
+                element = ds[tag]
+                element.value = _scrub_text(element.value, identifiers)
+                audit.cleaned.add(name)
+            elif depth == 0:
+                audit.kept.add(name)
 
-    def _action(self, element: DataElement) -> tuple[str, str]:
-        tag = int(element.tag)
+    def _action(self, tag: int, vr: str) -> tuple[str, str]:
         name = _keyword(tag)
         rule: Rule | None = self.table.get(tag)
         if rule is None:
@@ -263,7 +261,6 @@ class DicomDeidentifier:
         if rule is not None:
             return rule.action, name
         # safety nets for attributes the table does not list
-        vr = element.VR
         if vr == "PN":
             return "X", name
         if vr in ("DA", "DT"):
@@ -309,22 +306,21 @@ class DicomDeidentifier:
 
     @staticmethod
     def _private_creators(ds: Dataset) -> dict[tuple[int, int], str]:
-        creators = {}
-        for element in ds:
-            tag = element.tag
-            if tag.is_private and 0x10 <= tag.element <= 0xFF:
-                creators[(tag.group, tag.element)] = str(element.value)
-        return creators
+        return {
+            (tag.group, tag.element): _text(ds.get_item(tag))
+            for tag in ds.keys()  # noqa: SIM118 - iterating ds itself converts every value
+            if tag.is_private and 0x10 <= tag.element <= 0xFF
+        }
 
     def _private(
-        self, ds: Dataset, element: DataElement, creators: dict[tuple[int, int], str], audit: Audit
+        self, ds: Dataset, tag: Any, creators: dict[tuple[int, int], str], audit: Audit
     ) -> None:
-        tag = element.tag
         creator = creators.get((tag.group, tag.element >> 8))
         if creator is not None and (creator, tag.group, tag.element & 0xFF) in safe_private():
             audit.private_kept.add(f"{creator}:{tag.group:04X},xx{tag.element & 0xFF:02X}")
             return
-        if 0x10 <= tag.element <= 0xFF and (str(element.value), tag.group) in _safe_creators():
+        own = creators.get((tag.group, tag.element))
+        if own is not None and (own, tag.group) in _safe_creators():
             return  # the creator of kept safe attributes stays with them
         del ds[tag]
         audit.private_removed += 1
@@ -392,6 +388,32 @@ class DicomDeidentifier:
 
 
 # ---------------------------------------------------------------------- helpers
+def _vr(ds: Dataset, tag: Any) -> str:
+    """VR of an element without converting its value (dictionary VR for implicit/UN)."""
+    vr = ds.get_item(tag).VR
+    if vr and vr != "UN":
+        return str(vr)
+    try:
+        return str(pydicom.datadict.dictionary_VR(tag)).split(" or ")[0]
+    except KeyError:
+        return "UN"
+
+
+def _text(item: Any) -> str:
+    """Value as text, from raw bytes when not converted yet (UTF-8, else Latin-1)."""
+    value = item.value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8").strip(" \x00")
+        except UnicodeDecodeError:
+            return value.decode("latin-1").strip(" \x00")
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
 def _shift_date(text: str, offset: int) -> str:
     text = text.strip()
     if len(text) < 8 or not text[:8].isdigit():
