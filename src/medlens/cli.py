@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medlens.errors import MedlensError, MedlensWarning
@@ -122,18 +123,21 @@ def _print_info(report: dict[str, Any], *, as_json: bool) -> None:
         stdout.print_json(json.dumps(report, default=str))
         return
     if "series" in report:
-        series_table = Table(title=f"DICOM series in {report['path']}")
-        series_table.add_column("SeriesInstanceUID", no_wrap=True, overflow="fold")
-        for column in ("modality", "files", "description"):
-            series_table.add_column(column)
+        # One plain line per series: a table squeezes the other columns to "..." beside a
+        # 64-character UID in an 80-column terminal, and UIDs must stay copyable whole.
+        stdout.print(
+            f"DICOM series in {report['path']}: {len(report['series'])}",
+            markup=False,
+            highlight=False,
+        )
         for item in report["series"]:
-            series_table.add_row(
-                item["series_instance_uid"],
-                item["modality"],
-                str(item["files"]),
-                item["description"],
+            stdout.print(
+                f"  {item['series_instance_uid']}  {item['modality'] or '?'}  "
+                f"{item['files']} files  {item['description'] or '(no description)'}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
             )
-        stdout.print(series_table)
     if "shape" not in report:
         return
     table = Table(show_header=False, title=str(report["path"]))
@@ -216,12 +220,19 @@ def convert(
                 path=source,
             )
         image = image.with_array(image.numpy()[channel : channel + 1])
+    if output.name.lower().endswith(".dcm") and reference is not None:
+        # a SEG holds one label map: say so about the input before reading the reference
+        image.require_3d_single_channel(source="DICOM SEG output needs a label map", path=source)
     reference_image = read_image(reference, series_uid=None) if reference is not None else None
     names = parse_label_names(labels)
     if names is not None:
         image = image.with_array(image.array, labels=names)
     write_image(image, output, overwrite=overwrite, reference=reference_image)
-    stdout.print(f"wrote {output}  shape {tuple(image.array.shape)}  {image.dtype}")
+    stdout.print(
+        f"wrote {output}  shape {tuple(image.array.shape)}  {image.dtype}",
+        markup=False,
+        highlight=False,
+    )
 
 
 # --------------------------------------------------------------------------- train detect
@@ -303,6 +314,7 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 
 @train_app.command("seg")
 def train_seg(
+    ctx: typer.Context,
     data: Annotated[
         Path, typer.Argument(help="MSD folder (imagesTr/ + labelsTr/) or 2D images/ + masks/.")
     ],
@@ -361,9 +373,9 @@ def train_seg(
     --model-out models/hippocampus``. Multi-GPU: ``torchrun --nproc_per_node 2 -m medlens
     train seg ...``.
     """
-    from medlens.train.segmentation import TrainConfig, train_segmentation
+    from medlens.train.segmentation import TrainConfig, command_line, train_segmentation
 
-    command = "medlens " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
+    command = command_line(ctx)
     config = TrainConfig(
         data=data,
         out=out,
@@ -717,10 +729,54 @@ def preprocess(
     stdout.print(f"wrote {len(written)} image(s) to {output} with pipeline '{chain.name}'")
 
 
+# --------------------------------------------------------------------------- predict (segmentation)
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="Model name (models/NAME) or model folder.")],
+    source: Annotated[
+        Path, typer.Argument(help="Image file, folder of images, or DICOM series folder.")
+    ],
+    output: Annotated[
+        Path,
+        typer.Argument(help="Output file (.nii.gz, .nrrd, .png, .dcm = DICOM SEG) or folder."),
+    ],
+    tta: Annotated[bool, typer.Option("--tta", help="Average over mirrored inputs.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    series: SeriesOption = None,
+    batch_size: Annotated[int, typer.Option(help="Sliding-window patches per batch.")] = 4,
+    postprocess: Annotated[
+        bool, typer.Option(help="Largest connected component where the plan says so.")
+    ] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Segment images with a trained model; outputs lie on the input grid.
+
+    Examples: ``medlens predict hippocampus examples/dicom/hippocampus-study1 seg.dcm``;
+    ``medlens predict polyp frames/ masks/``.
+    """
+    from medlens.infer.predict import predict_paths
+
+    written = predict_paths(
+        model,
+        source,
+        output,
+        device=device,
+        tta=tta,
+        overwrite=overwrite,
+        series=series,
+        batch_size=batch_size,
+        postprocess=postprocess,
+    )
+    for path in written[:10]:
+        stdout.print(f"wrote {path}")
+    if len(written) > 10:
+        stdout.print(f"... {len(written)} outputs in total")
+
+
 # --------------------------------------------------------------------------- entry point
 def _show_warning(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
     if issubclass(category, MedlensWarning):
-        stderr.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+        stderr.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
     else:
         stderr.print(f"[dim]{category.__name__}: {message}[/]", highlight=False)
 
@@ -736,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
         except MedlensError as error:
             if debug:
                 raise
-            stderr.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+            stderr.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise SystemExit(error.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("[red]interrupted[/]")

@@ -225,7 +225,9 @@ def compute_fingerprint(
         for value in present:
             if value == 0:
                 continue
-            _, count = ndimage.label(label == value)
+            # full (8/26) connectivity: a diagonal touch is still one structure
+            structure = ndimage.generate_binary_structure(label.ndim, label.ndim)
+            _, count = ndimage.label(label == value, structure=structure)
             single.setdefault(int(value), []).append(count == 1)
     stacked = [np.concatenate(s) for s in samples]
     return Fingerprint(

@@ -97,7 +97,8 @@ def keep_largest_component(label: np.ndarray, values: list[int]) -> np.ndarray:
         mask = label == value
         if not mask.any():
             continue
-        components, count = ndimage.label(mask)
+        structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+        components, count = ndimage.label(mask, structure=structure)
         if count <= 1:
             continue
         sizes = np.bincount(components.ravel())

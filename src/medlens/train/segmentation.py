@@ -290,6 +290,27 @@ def _augment(
 
 
 # --------------------------------------------------------------------------- helpers
+def command_line(context: Any) -> str:
+    """The ``medlens train seg ...`` command of a click context (options left at their
+    defaults omitted, ``--tag`` dropped), for the model card."""
+    import shlex
+
+    parts = ["medlens", "train", "seg"]
+    for parameter in context.command.params:
+        value = context.params.get(parameter.name)
+        if parameter.param_type_name == "argument":
+            parts.append(str(value))
+            continue
+        if value is None or value == parameter.default or parameter.name == "tag":
+            continue
+        option = "--" + parameter.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(option if value else "--no-" + parameter.name.replace("_", "-"))
+        else:
+            parts += [option, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def _learning_rate(step: int, config: TrainConfig, elapsed_s: float = 0.0) -> float:
     """Linear warm-up, then cosine decay to 2% over iterations or the time budget."""
     if step < config.warmup:
@@ -479,14 +500,10 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         if names is not None and 0 not in names:
             names = {0: "background", **names}
         fingerprint = compute_fingerprint(images, labels, modality=modality)
-        del images, labels
         if names is not None:
-            extra = sorted(set(fingerprint.classes) - set(names))
-            if extra:
-                raise MedlensError(
-                    f"labels hold classes {extra} that dataset.json does not name",
-                    path=Path(config.data) / "dataset.json",
-                )
+            for case, label in zip(cases, labels, strict=True):
+                check_label_classes(label, sorted(names), case.label)
+        del images, labels
         plan = make_plan(
             fingerprint,
             labels=names,

@@ -1,0 +1,209 @@
+"""``medlens predict MODEL INPUT OUTPUT``: segment files, folders and DICOM series.
+
+INPUT may be an image file (NIfTI, NRRD, MHA, PNG, JPEG, TIFF, DICOM file), a folder of such
+files, or a DICOM series folder. Outputs follow the input names:
+
+* a file -> OUTPUT if it has an image suffix, else ``OUTPUT/<name>`` (volumes ``.nii.gz``
+  unless the input was NRRD/MHA, 2D frames ``.png``);
+* a folder of files -> ``OUTPUT/<name>`` for each;
+* a DICOM series -> OUTPUT (``.dcm`` = DICOM SEG referencing the series, ``.nii.gz``/``.nrrd``
+  = volume), or ``OUTPUT/<folder name>.dcm`` when OUTPUT is a folder.
+
+PNG masks of a one-class model hold 0/255 (viewable, like Kvasir's masks); multi-class 2D
+models write the class values. Every output is checked before the first prediction, so an
+existing file (without ``overwrite``) stops the run before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medlens.errors import MedlensError, MedlensWarning
+from medlens.image import Image
+from medlens.infer.segmentation import predict_image
+from medlens.io.atomic import full_suffix, prepare_output
+from medlens.models.segmentation import SegmentationPlan
+
+_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
+_FILE_SUFFIXES += (".tif", ".tiff", ".bmp")
+_VOLUME_OUT = (".nii.gz", ".nii", ".nrrd", ".mha", ".dcm")
+_RASTER_IN = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+@dataclasses.dataclass
+class PredictionJob:
+    """One input (file or DICOM folder) and where its label map goes."""
+
+    source: Path
+    output: Path
+    dicom: bool = False
+
+
+def load_segmenter(
+    model: str | Path, *, device: str = "cpu"
+) -> tuple[torch.nn.Module, SegmentationPlan, object]:
+    """Network (eval mode), plan and card of a shipped segmentation model."""
+    import medlens.models.segmentation  # noqa: F401  (registers Lite0UNet)
+    from medlens.models.zoo import load_model
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MedlensError("--device cuda but no CUDA device is available", hint="use --device cpu")
+    network, card = load_model(model, device=device)
+    if card.task != "segmentation" or "plan" not in card.preprocessing:
+        raise MedlensError(
+            f"model '{model}' is a {card.task or 'unknown'} model, not a segmentation model"
+        )
+    plan = SegmentationPlan.from_dict(card.preprocessing["plan"])
+    plan.labels = {int(k): v for k, v in card.labels.items()}
+    return network, plan, card
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(_FILE_SUFFIXES)
+
+
+def _output_name(source: Path, plan: SegmentationPlan) -> str:
+    name = source.name
+    suffix = full_suffix(source)
+    stem = name[: -len(suffix)] if suffix else name
+    if plan.dims == 2:
+        return stem + ".png"
+    if suffix in (".nrrd", ".nhdr", ".mha", ".mhd"):
+        return stem + (".nrrd" if suffix in (".nrrd", ".nhdr") else ".mha")
+    return stem + ".nii.gz"
+
+
+def _has_image_suffix(path: Path) -> bool:
+    return full_suffix(path) in _VOLUME_OUT + (".png", ".tif", ".tiff", ".nhdr", ".mhd")
+
+
+def plan_jobs(
+    source: Path, output: Path, plan: SegmentationPlan, *, overwrite: bool
+) -> list[PredictionJob]:
+    """Pair inputs with output paths and refuse clashes before any work is done."""
+    if not source.exists():
+        raise MedlensError("no such file or folder", path=source, hint="check the path")
+    jobs: list[PredictionJob] = []
+    if source.is_file():
+        target = output if _has_image_suffix(output) else output / _output_name(source, plan)
+        jobs.append(PredictionJob(source, target, dicom=source.suffix.lower() == ".dcm"))
+    else:
+        files = sorted(
+            p for p in source.iterdir() if _is_image_file(p) and not p.name.startswith(".")
+        )
+        if files:
+            if _has_image_suffix(output):
+                raise MedlensError(
+                    "INPUT is a folder of images, OUTPUT must be a folder",
+                    path=output,
+                    hint="pass an output folder; files keep their input names",
+                )
+            jobs = [PredictionJob(f, output / _output_name(f, plan)) for f in files]
+        else:  # a DICOM series folder
+            target = output if _has_image_suffix(output) else output / f"{source.name}.dcm"
+            jobs.append(PredictionJob(source, target, dicom=True))
+    for job in jobs:
+        if job.output.suffix.lower() == ".dcm" and not job.dicom:
+            raise MedlensError(
+                "DICOM SEG output needs a DICOM input series",
+                path=job.output,
+                hint="write .nii.gz or .png for non-DICOM inputs",
+            )
+        if full_suffix(job.output) in (".jpg", ".jpeg"):
+            raise MedlensError(
+                "label maps are not written as JPEG (lossy)", path=job.output, hint="use .png"
+            )
+        if plan.dims == 3 and full_suffix(job.output) == ".png":
+            raise MedlensError(
+                "a 3D model's output cannot be PNG",
+                path=job.output,
+                hint="use .nii.gz, .nrrd or .dcm",
+            )
+        prepare_output(job.output, overwrite=overwrite)
+    return jobs
+
+
+def _read_input(job: PredictionJob, series: str | None) -> Image:
+    from medlens.io import list_series, read_image
+
+    if job.dicom and job.source.is_dir() and series is None:
+        found = list_series(job.source)
+        if len(found) > 1:
+            listing = ", ".join(
+                f"{s.series_instance_uid} ({s.modality} {s.description})" for s in found
+            )
+            raise MedlensError(
+                f"folder holds {len(found)} DICOM series: {listing}",
+                path=job.source,
+                hint="pick one with --series UID (see medlens info)",
+            )
+    return read_image(job.source, series_uid=series)
+
+
+def _to_output_image(label: Image, plan: SegmentationPlan, output: Path) -> Image:
+    if full_suffix(output) in (".png", ".tif", ".tiff", ".bmp") and plan.num_classes == 2:
+        return label.with_array(label.numpy() * np.uint8(255), labels=label.labels)
+    return label
+
+
+def predict_paths(
+    model: str | Path,
+    source: str | Path,
+    output: str | Path,
+    *,
+    device: str = "cpu",
+    tta: bool = False,
+    overwrite: bool = False,
+    series: str | None = None,
+    batch_size: int = 4,
+    postprocess: bool = True,
+    progress: bool = True,
+) -> list[Path]:
+    """Segment every input and write the label maps; returns the written paths."""
+    from rich.progress import Progress
+
+    from medlens.io import write_image
+
+    started = time.perf_counter()
+    network, plan, card = load_segmenter(model, device=device)
+    jobs = plan_jobs(Path(source), Path(output), plan, overwrite=overwrite)
+    written: list[Path] = []
+    with Progress(disable=not progress or len(jobs) < 2, transient=True) as bar:
+        task = bar.add_task("segmenting", total=len(jobs))
+        for job in jobs:
+            image = _read_input(job, series)
+            label = predict_image(
+                network,
+                image,
+                plan,
+                device=device,
+                tta=tta,
+                batch_size=batch_size,
+                postprocess=postprocess,
+                path=job.source,
+            )
+            if job.output.suffix.lower() == ".dcm":
+                if not np.any(label.numpy()):
+                    warnings.warn(
+                        f"{job.source}: no {', '.join(plan.labels[k] for k in plan.labels if k)} "
+                        "found; no DICOM SEG written",
+                        MedlensWarning,
+                        stacklevel=2,
+                    )
+                    bar.advance(task)
+                    continue
+                write_image(label, job.output, overwrite=overwrite, reference=image)
+            else:
+                write_image(
+                    _to_output_image(label, plan, job.output), job.output, overwrite=overwrite
+                )
+            written.append(job.output)
+            bar.advance(task)
+    del card, started
+    return written

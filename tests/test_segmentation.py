@@ -1,0 +1,227 @@
+"""Self-configuring segmentation: plan from the data, train, resume, predict on the source grid.
+
+Training runs a few iterations on the four bundled hippocampus cases and four Kvasir frames
+(real data); the accuracy of the shipped models is in their model cards, not tested here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medlens.cli import main
+from medlens.data.segmentation import compute_fingerprint, find_cases, read_case_label
+from medlens.io import read_image
+from medlens.models.segmentation import make_plan
+from medlens.models.zoo import load_model
+
+
+def run_cli(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return int(exit_info.value.code or 0)
+
+
+def train(data: Path, out: Path, *extra: str) -> int:
+    return run_cli(
+        ["train", "seg", str(data), "--out", str(out), "--threads", "1", "--val-every", "2",
+         "--checkpoint-minutes", "0", *extra]
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hippocampus_run(tmp_path_factory: pytest.TempPathFactory, examples: Path) -> Path:
+    out = tmp_path_factory.mktemp("hippo") / "run"
+    code = train(
+        examples / "hippocampus", out, "--iterations", "2", "--batch-size", "2",
+        "--labels", "1=anterior,2=posterior", "--val-cases", "hippocampus_001",
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def polyp_run(tmp_path_factory: pytest.TempPathFactory, examples: Path) -> Path:
+    out = tmp_path_factory.mktemp("polyp") / "run"
+    code = train(
+        examples / "kvasir", out, "--iterations", "2", "--batch-size", "2", "--labels", "1=polyp"
+    )
+    assert code == 0
+    return out
+
+
+# --------------------------------------------------------------------------- plan
+def test_plan_for_hippocampus_is_3d_zscore_whole_volume_patch(examples: Path) -> None:
+    cases = find_cases(examples / "hippocampus")
+    images = [read_image(c.image) for c in cases]
+    labels = [read_case_label(c.label) for c in cases]
+    plan = make_plan(compute_fingerprint(images, labels))
+    assert plan.dims == 3 and plan.in_channels == 1
+    assert plan.normalisation["scheme"] == "zscore"  # MRI: per-image z-score
+    assert plan.spacing_mm is None  # all cases are 1 mm: no resampling
+    total_stride = np.prod(np.array(plan.strides), axis=0)
+    assert all(p % s == 0 for p, s in zip(plan.patch_size, total_stride, strict=True))
+    # the patch covers a whole median case (~35x50x35)
+    assert all(p >= s for p, s in zip(plan.patch_size, (35, 50, 35), strict=True))
+    assert sorted(plan.labels) == [0, 1, 2]
+    assert 2 in plan.largest_component  # the posterior part is one blob in every case
+
+
+def test_plan_for_kvasir_is_2d_rgb_with_pretrained_encoder(examples: Path) -> None:
+    cases = find_cases(examples / "kvasir")
+    images = [read_image(c.image) for c in cases]
+    labels = [read_case_label(c.label) for c in cases]
+    assert set(np.unique(labels[0]).tolist()) == {0, 1}  # JPEG masks thresholded
+    plan = make_plan(compute_fingerprint(images, labels))
+    assert plan.dims == 2 and plan.in_channels == 3
+    assert plan.network == "Lite0UNet"
+    assert plan.normalisation["scheme"] == "rgb"
+    assert plan.patch_size == [256, 256]
+
+
+# --------------------------------------------------------------------------- training
+def test_training_writes_plan_log_checkpoint_and_loadable_model(hippocampus_run: Path) -> None:
+    plan = json.loads((hippocampus_run / "plan.json").read_text())
+    assert plan["dims"] == 3
+    split = json.loads((hippocampus_run / "split.json").read_text())
+    assert "hippocampus_001" in split["val"] and "hippocampus_001" not in split["train"]
+    log = (hippocampus_run / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,") and log[-1].startswith("2,")
+    assert (hippocampus_run / "training.png").stat().st_size > 1000
+    checkpoint = torch.load(hippocampus_run / "checkpoint.pt", weights_only=False)
+    assert checkpoint["step"] == 2
+    network, card = load_model(hippocampus_run / "model")
+    assert card.labels == {0: "background", 1: "anterior", 2: "posterior"}
+    assert card.training["command"].startswith("medlens train seg")
+    assert "mean_dice" in card.metrics["validation"]
+    assert sum(p.numel() for p in network.parameters()) > 100_000
+
+
+def test_resume_continues_from_the_saved_iteration(hippocampus_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(hippocampus_run, run)
+    code = train(Path("unused-when-resuming"), run, "--iterations", "3", "--resume")
+    assert code == 2  # the data folder is still needed to load the cases
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    assert train(examples / "hippocampus", run, "--iterations", "3", "--resume") == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert (run / "log.csv").read_text().splitlines()[-1].startswith("3,")
+
+
+def test_2d_images_masks_folder_trains(polyp_run: Path) -> None:
+    network, card = load_model(polyp_run / "model")
+    assert card.architecture["name"] == "Lite0UNet"
+    assert card.input["dims"] == 2 and card.labels[1] == "polyp"
+    assert "ImageNet" in card.training["init"]
+
+
+def test_label_with_classes_not_in_the_plan_is_refused(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(examples / "hippocampus", data)
+    bad = data / "labelsTr" / "hippocampus_003.nii.gz"
+    label = read_image(bad)
+    values = label.numpy().copy()
+    values[0, 0, 0, 0] = 5
+    from medlens.io import write_image
+
+    write_image(label.with_array(values), bad)
+    code = train(data, tmp_path / "run", "--iterations", "1", "--labels", "1=a,2=p")
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "hippocampus_003.nii.gz" in error and "[5]" in error
+
+
+def test_k_fold_split_and_transfer_learning(
+    hippocampus_run: Path, examples: Path, tmp_path: Path
+) -> None:
+    code = train(
+        examples / "hippocampus", tmp_path / "fold1", "--iterations", "1", "--batch-size", "2",
+        "--fold", "1", "--folds", "4", "--init", str(hippocampus_run / "model"),
+        "--freeze-encoder-epochs", "1",
+    )  # fmt: skip
+    assert code == 0
+    split = json.loads((tmp_path / "fold1" / "split.json").read_text())
+    assert len(split["val"]) == 1 and len(split["train"]) == 3 and split["fold"] == 1
+
+
+# --------------------------------------------------------------------------- predict
+def test_predict_nifti_folder_writes_labels_on_the_source_grid(
+    hippocampus_run: Path, examples: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    images = examples / "hippocampus" / "imagesTr"
+    assert run_cli(["predict", str(hippocampus_run / "model"), str(images), str(out)]) == 0
+    source = read_image(examples / "hippocampus" / "imagesTr" / "hippocampus_003.nii.gz")
+    label = read_image(out / "hippocampus_003.nii.gz")
+    assert label.same_grid(source)
+    assert set(np.unique(label.numpy()).tolist()) <= {0, 1, 2}
+    assert len(list(out.iterdir())) == 4
+
+
+def test_predict_png_frames_keep_their_size_and_names(
+    polyp_run: Path, examples: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "masks"
+    args = ["predict", str(polyp_run / "model"), str(examples / "kvasir" / "images"), str(out)]
+    assert run_cli([*args, "--tta"]) == 0
+    names = sorted(p.stem for p in (examples / "kvasir" / "images").iterdir())
+    assert sorted(p.stem for p in out.iterdir()) == names
+    mask = read_image(out / f"{names[0]}.png")
+    assert mask.spatial_shape == (256, 256, 1) and set(np.unique(mask.numpy())) <= {0, 255}
+    assert run_cli(args) == 2  # outputs exist: refused without --overwrite
+    assert run_cli([*args, "--overwrite"]) == 0
+
+
+def test_predict_dicom_study_writes_a_seg_readable_by_highdicom(
+    hippocampus_run: Path, examples: Path, tmp_path: Path
+) -> None:
+    import highdicom
+
+    study = examples / "dicom" / "hippocampus-study1"
+    out = tmp_path / "seg.dcm"
+    code = run_cli(["predict", str(hippocampus_run / "model"), str(study), str(out)])
+    assert code == 0
+    if out.exists():  # an untrained network may find nothing (then a warning, no file)
+        seg = highdicom.seg.segread(out)
+        names = {d.SegmentLabel for d in seg.SegmentSequence}
+        assert names <= {"anterior", "posterior"}
+        source = read_image(study)
+        assert read_image(out).same_grid(source, tolerance_mm=1e-2)
+
+
+def test_predict_refuses_wrong_inputs(
+    hippocampus_run: Path,
+    polyp_run: Path,
+    examples: Path,
+    shared_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    hippo, polyp = str(hippocampus_run / "model"), str(polyp_run / "model")
+    volume = str(examples / "hippocampus" / "imagesTr" / "hippocampus_001.nii.gz")
+    frame = next((examples / "kvasir" / "images").iterdir())
+    assert run_cli(["predict", polyp, volume, str(tmp_path / "a.png")]) == 2
+    assert "2D model" in capsys.readouterr().err
+    assert run_cli(["predict", hippo, str(frame), str(tmp_path / "b.nii.gz")]) == 2
+    assert "3D model" in capsys.readouterr().err
+    grey = tmp_path / "grey.png"
+    import cv2
+
+    cv2.imwrite(str(grey), np.zeros((256, 256), np.uint8))
+    assert run_cli(["predict", polyp, str(grey), str(tmp_path / "c.png")]) == 2
+    assert "3 channel" in capsys.readouterr().err
+    empty = tmp_path / "empty.nii.gz"
+    empty.write_bytes(b"")
+    assert run_cli(["predict", hippo, str(empty), str(tmp_path / "d.nii.gz")]) == 2
+    assert "empty" in capsys.readouterr().err
+    two_series = shared_data / "dicom" / "hippocampus-mri" / "study1"
+    assert run_cli(["predict", hippo, str(two_series), str(tmp_path / "e.dcm")]) == 2
+    assert "--series" in capsys.readouterr().err
+    assert not any(p.name.startswith(("a.", "b.", "c.", "d.", "e.")) for p in tmp_path.iterdir())
