@@ -128,7 +128,9 @@ class Resample(Transform):
         keep_dtype = method == "nearest"
         channels = []
         for channel in values:
-            source = to_sitk(channel if keep_dtype else channel.astype(np.float32), image)
+            # SimpleITK interpolates in double and writes float32 directly: no float copy of
+            # the (possibly int16) input is needed
+            source = to_sitk(channel, image)
             resampled = sitk.Resample(
                 source,
                 [int(s) for s in shape],
@@ -138,7 +140,7 @@ class Resample(Transform):
                 list(spacing),
                 image.direction.flatten().tolist(),
                 0,
-                source.GetPixelID(),
+                source.GetPixelID() if keep_dtype else sitk.sitkFloat32,
             )
             channels.append(from_sitk(resampled))
         array = np.stack(channels) if len(channels) > 1 else channels[0][None]

@@ -114,13 +114,15 @@ class ZScore(Transform):
                 mask = _foreground(image.array, self.threshold).any(dim=0, keepdim=True)
             return image.with_array(torch_ops.z_score(image.array, mask))
         values = float_array(image)
-        mask = _foreground(values, self.threshold).any(axis=0) if self.foreground_only else None
-        out = np.empty(values.shape, np.float32)
-        for channel, data in enumerate(values):
-            selected = data[mask] if mask is not None else data
-            mean = selected.mean(dtype=np.float64)
-            std = selected.std(dtype=np.float64)
-            out[channel] = (data - mean) / (std if std > 0 else 1.0)
+        if any(stride < 0 for stride in values.strides):
+            values = np.ascontiguousarray(values)
+        # the torch implementation on the numpy memory (no copy): multi-threaded reductions,
+        # no float64 temporaries
+        tensor = torch.from_numpy(values)
+        mask = None
+        if self.foreground_only:
+            mask = _foreground(tensor, self.threshold).any(dim=0, keepdim=True)
+        out = torch_ops.z_score(tensor, mask).numpy()
         return image.with_array(out)
 
 

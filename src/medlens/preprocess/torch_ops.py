@@ -10,7 +10,7 @@ a GPU is present, on CUDA):
 * :func:`gaussian_filter`: separable convolution, replicate borders, kernel truncated at
   4 sigma: matches ``scipy.ndimage.gaussian_filter(mode="nearest", truncate=4)`` to ~1e-5.
 * :func:`median_filter`: exact (same as ``scipy.ndimage.median_filter(mode="nearest")``).
-* :func:`z_score`: matches numpy to ~1e-5 (float32 accumulation).
+* :func:`z_score`: matches numpy float64 to ~1e-5.
 """
 
 from __future__ import annotations
@@ -129,15 +129,22 @@ def median_filter(values: torch.Tensor, radius: tuple[int, int, int]) -> torch.T
 
 
 def z_score(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``(x - mean) / std`` per channel, statistics inside ``mask`` if given."""
+    """``(x - mean) / std`` per channel, statistics inside ``mask`` if given.
+
+    ``torch.var_mean`` (Welford, accurate to ~1e-6 relative in float32, and far faster on
+    the CPU than casting every element to float64); the output keeps the input's memory
+    layout (no transposing copy of Fortran-ordered arrays).
+    """
     out = values if values.is_floating_point() else values.float()
     result = torch.empty_like(out)
     for channel in range(out.shape[0]):
         data = out[channel]
         selected = data[mask[0].bool()] if mask is not None else data
-        mean = selected.double().mean()
-        std = selected.double().std(unbiased=False)
-        result[channel] = ((data - mean) / (std if std > 0 else 1.0)).to(out.dtype)
+        variance, mean = torch.var_mean(selected, correction=0)
+        std = float(variance) ** 0.5
+        centred = result[channel]
+        torch.sub(data, float(mean), out=centred)
+        centred.div_(std if std > 0 else 1.0)
     return result
 
 
