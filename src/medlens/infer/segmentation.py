@@ -133,8 +133,14 @@ def predict_image(
         probabilities = torch.nn.functional.interpolate(
             probabilities[None], size=source_shape, mode="trilinear", align_corners=False
         )[0]
-    label = probabilities.argmax(0).to(torch.uint8).cpu().numpy()
+    del array
+    # argmax in slabs: a full int64 index volume would cost 8 bytes per voxel
+    label_tensor = torch.empty(probabilities.shape[1:], dtype=torch.uint8)
+    step = max(1, 2**24 // max(1, int(np.prod(probabilities.shape[1:-1]))))
+    for start in range(0, probabilities.shape[-1], step):
+        label_tensor[..., start : start + step] = probabilities[..., start : start + step].argmax(0)
     del probabilities
+    label = label_tensor.numpy()
     if postprocess and plan.largest_component:
         label = keep_largest_component(label, plan.largest_component)
     if plan.dims == 2:

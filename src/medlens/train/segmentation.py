@@ -587,6 +587,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         with log_path.open("w") as handle:
             handle.write("step,seconds,lr,loss,val_dice,val_per_label\n")
     model_out = Path(config.model_out) if config.model_out else out / "model"
+    commands = [config.command]
+    if resume_state is not None:
+        commands = [*resume_state.get("commands", []), config.command]
     started = time.time()
     previous_seconds = float(resume_state.get("seconds", 0.0)) if resume_state else 0.0
 
@@ -608,6 +611,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
             "rng": rng.bit_generator.state,
             "seconds": elapsed(),
+            "commands": commands,
         }
         with atomic_output(checkpoint_path) as temporary:
             torch.save(state, temporary)
@@ -642,7 +646,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     "seed": config.seed,
                     "fold": config.fold,
                 },
-                "command": config.command,
+                "command": commands[0],
+                "resumed_with": commands[1:],
                 "iteration": step,
                 "iterations_planned": config.iterations,
                 "batch_size": plan.batch_size,
