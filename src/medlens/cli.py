@@ -787,6 +787,8 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # scoped by catch_warnings
+        # every occurrence matters (e.g. NaN counts of each file in a batch), not just the first
+        warnings.simplefilter("always", MedlensWarning)
         try:
             app(args=args, prog_name="medlens", standalone_mode=True)
         except MedlensError as error:

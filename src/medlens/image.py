@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -193,13 +194,19 @@ class Image:
             return reference.with_array(array4d, **fields)
         return cls(array4d, **fields)
 
-    def require_3d_single_channel(self, *, source: str = "image") -> None:
-        """Raise a clear error unless this is a single-channel volume."""
+    def require_3d_single_channel(
+        self, *, source: str = "image", path: str | Path | None = None
+    ) -> None:
+        """Raise a clear error unless this is a single-channel volume.
+
+        ``path`` names the offending file in the message (e.g. the 4D input).
+        """
         if self.num_channels != 1:
             raise MedlensError(
                 f"{source}: expected a single-channel 3D image, got {self.num_channels} "
-                "channels (a 4D image?); split the channels first, e.g. with "
-                "`medlens convert --channel N`"
+                f"channels (a 4D image of shape {tuple(self.array.shape)}?)",
+                path=path,
+                hint="pick one channel first, e.g. `medlens convert IN OUT --channel 0`",
             )
 
     def summary(self) -> Mapping[str, Any]:

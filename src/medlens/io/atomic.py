@@ -31,6 +31,15 @@ def prepare_output(path: str | Path, *, overwrite: bool = True) -> Path:
         raise MedlensError("output path is a folder, expected a file name", path=path)
     if path.exists() and not overwrite:
         raise MedlensError("output exists", path=path, hint="pass --overwrite to replace it")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MedlensError(
+                    f"cannot write {path.name} here: {parent} is a file, not a folder",
+                    path=path,
+                    hint="choose an output path inside a folder",
+                )
+            break
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -39,10 +48,17 @@ def prepare_output(path: str | Path, *, overwrite: bool = True) -> Path:
             path=path.parent,
             hint="choose a writable output location",
         ) from None
-    if not os.access(path.parent, os.W_OK):
+    # Probe with a real file: os.access says yes for root on read-only mounts and /proc.
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    except OSError as error:
         raise MedlensError(
-            "output folder is not writable", path=path.parent, hint="choose another location"
-        )
+            f"output folder is not writable ({error.strerror or error})",
+            path=path.parent,
+            hint="choose a writable output location",
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
     return path
 
 

@@ -50,8 +50,8 @@ class SeriesInfo:
 
     def line(self) -> str:
         return (
-            f"{self.series_instance_uid}  {self.modality or '?':4s} "
-            f"{self.num_files:4d} files  {self.description or '(no description)'}"
+            f"{self.series_instance_uid} ({self.modality or '?'}, {self.num_files} files, "
+            f"{self.description or 'no description'})"
         )
 
 
@@ -84,8 +84,57 @@ def _read_header(path: Path) -> Dataset | None:
         # defer_size keeps pixel data (and other large values) on disk: one parse per file,
         # and uncompressed pixels are later read straight into the output array.
         return pydicom.dcmread(path, defer_size=4096)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, AttributeError):
+    except Exception:  # pydicom raises struct.error, EOFError, ValueError... on damaged files
         return None
+
+
+def _has_dicom_prefix(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_truncated(dataset: Dataset, path: Path) -> bool:
+    """True if the file ends inside the header: pydicom stops quietly at a premature EOF.
+
+    A complete file ends exactly where its last element's value ends.
+    """
+    tags = list(dataset.keys())
+    if not tags:
+        return True
+    element = dataset.get_item(tags[-1], keep_deferred=True)
+    if not isinstance(element, RawDataElement) or element.length == 0xFFFFFFFF:
+        return False  # cannot tell (undefined length): assume complete
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return element.value_tell + element.length != size
+
+
+def _damaged(path: Path, dataset: Dataset | None) -> bool:
+    """A DICOM file (DICM prefix) whose header cannot be parsed or stops early."""
+    if not _has_dicom_prefix(path):
+        return False
+    return dataset is None or ("PixelData" not in dataset and _is_truncated(dataset, path))
+
+
+def _damaged_error(files: list[Path], source: Path) -> MedlensError:
+    names = ", ".join(str(file) for file in files[:5]) + (" ..." if len(files) > 5 else "")
+    if len(files) == 1:
+        return MedlensError(
+            "DICOM file is truncated or damaged (its header ends early)",
+            path=files[0],
+            hint="copy or export it again",
+        )
+    return MedlensError(
+        f"{len(files)} DICOM files are truncated or damaged: {names}",
+        path=source,
+        hint="copy or export them again, or remove them from the folder",
+    )
 
 
 def _parallel_map(function: Any, items: Sequence[Any]) -> list[Any]:
@@ -152,6 +201,8 @@ def read_dicom(
         raise MedlensError("no such file or folder", path=path, hint="check the path")
     if path.is_file():
         dataset = _read_header(path)
+        if _damaged(path, dataset):
+            raise _damaged_error([path], path)
         if dataset is None:
             raise MedlensError(
                 "not a readable DICOM file (no DICOM header)",
@@ -168,6 +219,9 @@ def read_dicom(
     if not files:
         raise MedlensError("folder is empty", path=path, hint="point to a folder of DICOM files")
     datasets = _read_headers(files)
+    damaged = [file for file, ds in zip(files, datasets, strict=True) if _damaged(file, ds)]
+    if damaged:
+        raise _damaged_error(damaged, path)
     unreadable = [str(file) for file, ds in zip(files, datasets, strict=True) if ds is None]
     groups = _group_by_series([ds for ds in datasets if ds is not None])
     if not groups:
@@ -187,16 +241,18 @@ def read_dicom(
     if series_uid is not None:
         if series_uid not in groups:
             raise MedlensError(
-                f"series {series_uid} not found; series here:\n  "
-                + "\n  ".join(info.line() for info in _summarise_series(groups)),
+                f"series {series_uid} not found; series here: "
+                + "; ".join(info.line() for info in _summarise_series(groups)),
                 path=path,
+                hint="pass one of these UIDs to --series",
             )
         chosen = groups[series_uid]
     elif len(groups) > 1:
         raise MedlensError(
-            f"folder holds {len(groups)} series; pick one with --series UID:\n  "
-            + "\n  ".join(info.line() for info in _summarise_series(groups)),
+            f"folder holds {len(groups)} series: "
+            + "; ".join(info.line() for info in _summarise_series(groups)),
             path=path,
+            hint="pick one with --series UID (`medlens info FOLDER` lists them)",
         )
     else:
         chosen = next(iter(groups.values()))

@@ -20,6 +20,17 @@ from medlens.io.atomic import atomic_output
 from medlens.io.nifti import geometry_from_affine
 
 _CATEGORY = codes.SCT.Tissue
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 _TYPE = hd.sr.CodedConcept(
     value="91723000", scheme_designator="SCT", meaning="Anatomical Structure"
 )
@@ -48,15 +59,23 @@ def write_dicom_seg(
             path=path,
             hint="pass --reference DICOM_DIR (the series the mask was drawn on)",
         )
+    if reference.metadata.get("resampled_slices"):
+        raise MedlensError(
+            "the reference series was resampled (non-uniform slices), so its slices no longer "
+            "match the source files a SEG must point to",
+            path=path,
+            hint="write the mask as NIfTI instead",
+        )
+    label_map.require_3d_single_channel(source="DICOM SEG output", path=path)
     values = label_map.numpy()
     if values.dtype.kind not in "iub":
         if not np.array_equal(values, np.round(values)):
             raise MedlensError(
-                "DICOM SEG needs an integer label map, got fractional values", path=path
+                "DICOM SEG needs an integer label map, got fractional values",
+                path=path,
+                hint="threshold or argmax the prediction first",
             )
         values = values.astype(np.int64)
-    if label_map.num_channels != 1:
-        raise MedlensError("DICOM SEG needs a single-channel label map", path=path)
     if not label_map.same_grid(reference, tolerance_mm=1e-2):
         raise MedlensError(
             f"label map grid {label_map.spatial_shape} @ {label_map.spacing_mm.tolist()} mm "
@@ -78,6 +97,12 @@ def write_dicom_seg(
 
     source_files = reference.metadata["source_files"]
     sources = [pydicom.dcmread(f) for f in source_files]
+    for source in sources:
+        # Type-2 patient/study attributes that highdicom copies but real exports often omit
+        # (e.g. the hippocampus crops have no PatientBirthDate): present but empty is valid.
+        for keyword in _TYPE2_COPIED:
+            if keyword not in source:
+                setattr(source, keyword, None)
     if len(sources) != frames.shape[0]:
         raise MedlensError(
             "multi-frame source series are not supported for DICOM SEG output yet",
