@@ -35,6 +35,10 @@ class Detector:
     device: str = "cpu"
 
     @torch.no_grad()
+    def __post_init__(self) -> None:
+        # channels-last convolutions are ~1.3x faster on CPU (oneDNN)
+        self.network.to(memory_format=torch.channels_last)
+
     def __call__(self, images: Sequence[np.ndarray], *, batch_size: int = 8) -> list[Boxes]:
         """Boxes in each image's own pixel coordinates (pixel-edge ``xyxy``)."""
         self.network.eval()
@@ -42,7 +46,8 @@ class Detector:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             boxed = [letterbox(pixels, self.input_size) for pixels in chunk]
-            batch = normalise(np.stack([b[0] for b in boxed]))[:, None].to(self.device)
+            batch = normalise(np.stack([b[0] for b in boxed]))[:, None]
+            batch = batch.to(self.device, memory_format=torch.channels_last)
             output = self.network(batch)
             decoded = decode(
                 output,

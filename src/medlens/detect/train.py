@@ -98,6 +98,22 @@ def evaluate_detector(detector: Detector, samples: list[DetectionSample]) -> dic
     }
 
 
+def compact_optimizer_state(state: dict) -> dict:
+    """AdamW moments in bfloat16: halves the checkpoint (model 12 MB + moments 12 MB).
+
+    ``Optimizer.load_state_dict`` casts them back to the parameters' float32 on resume.
+    """
+    compact = {**state, "state": {}}
+    for key, values in state["state"].items():
+        compact["state"][key] = {
+            name: value.to(torch.bfloat16)
+            if torch.is_tensor(value) and value.is_floating_point() and value.ndim > 0
+            else value
+            for name, value in values.items()
+        }
+    return compact
+
+
 def _plot(history: list[dict[str, float]], path: Path) -> None:
     import matplotlib
 
@@ -165,7 +181,8 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             {k: v for k, v in initial.state_dict().items() if k in own and own[k].shape == v.shape},
             strict=False,
         )
-    network.to(device)
+    # channels-last convolutions train ~1.3x faster on CPU (oneDNN) and suit tensor cores
+    network.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
         network.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -188,6 +205,10 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         network.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # a resumed run may change --lr / --epochs: the schedule follows the new values
+        scheduler.base_lrs = [config.lr for _ in scheduler.base_lrs]
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * schedule(scheduler.last_epoch)
         history = state["history"]
         start_epoch = state["epoch"] + 1
         best = state["best_ap50"]
@@ -243,7 +264,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             if len(indices) == 0:
                 indices = order[: config.batch_size]
             images, targets = _batch(train, indices, augment, rng, num_classes)
-            images = images.to(device)
+            images = images.to(device, memory_format=torch.channels_last)
             targets = {k: v.to(device) for k, v in targets.items()}
             with torch.autocast(device.type, enabled=use_amp):
                 output = network(images)
@@ -292,10 +313,10 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
                 },
             )
             save_model(network.cpu(), model_out, card)
-            network.to(device)
+            network.to(device, memory_format=torch.channels_last)
         state = {
             "model": network.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": compact_optimizer_state(optimizer.state_dict()),
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
             "history": history,
