@@ -88,18 +88,18 @@ def slice_defects(values: np.ndarray, *, jump_factor: float = 8.0) -> dict[str, 
         z for z in range(1, k) if z not in blank and np.array_equal(flat[:, z], flat[:, z - 1])
     ]
     jumps: list[int] = []
-    if k >= 5:
-        # a slice whose mean departs from the mean of its two neighbours by far more than the
-        # typical (median absolute) slice-to-slice change is an intensity jump
-        good = np.setdiff1d(np.arange(k), blank)
-        neighbour_mean = np.empty(k)
-        for z in range(k):
-            neighbours = [n for n in (z - 1, z + 1) if 0 <= n < k and n in good]
-            neighbour_mean[z] = np.mean(means[neighbours]) if neighbours else means[z]
-        deviation = np.abs(means - neighbour_mean)
-        typical = np.median(np.abs(np.diff(means[good]))) if good.size > 1 else 0.0
-        scale = max(typical, 1e-3 * overall_std)
-        jumps = [int(z) for z in good if deviation[z] > jump_factor * scale and z not in duplicated]
+    good = [z for z in range(k) if z not in blank and z not in duplicated]
+    if len(good) >= 5:
+        # a slice whose mean jumps away from BOTH nearest good neighbours, in the same
+        # direction, by far more than the typical (median) slice-to-slice change; its
+        # neighbours differ from it only on one side, so they are not flagged
+        steps = np.abs(np.diff(means[good]))
+        scale = max(float(np.median(steps)), 1e-3 * overall_std)
+        for position in range(1, len(good) - 1):
+            z, before, after = good[position], good[position - 1], good[position + 1]
+            down, up = means[z] - means[before], means[z] - means[after]
+            if np.sign(down) == np.sign(up) and min(abs(down), abs(up)) > jump_factor * scale:
+                jumps.append(int(z))
     return {"blank": blank, "duplicated": duplicated, "intensity_jump": jumps}
 
 

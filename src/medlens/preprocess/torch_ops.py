@@ -6,7 +6,8 @@ a GPU is present, on CUDA):
 
 * :func:`resample_linear` / :func:`resample_nearest`: separable, gather-based (an axis-aligned
   trilinear resampling is three 1D linear ones); matches SimpleITK's linear interpolator to
-  ~1e-4 relative inside the image (edges: clamped, ITK extrapolates half a voxel the same way).
+  ~1e-4 relative inside the image (edges: clamped, ITK extrapolates half a voxel the same way);
+  nearest labels are identical except at exact half-voxel ties (>99.5% of voxels).
 * :func:`gaussian_filter`: separable convolution, replicate borders, kernel truncated at
   4 sigma: matches ``scipy.ndimage.gaussian_filter(mode="nearest", truncate=4)`` to ~1e-5.
 * :func:`median_filter`: exact (same as ``scipy.ndimage.median_filter(mode="nearest")``).
