@@ -559,7 +559,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     torch_generator = torch.Generator().manual_seed(config.seed + 1000 * rank)
     if resume_state is not None:
         network.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
+        if "optimizer" in resume_state:
+            optimizer.load_state_dict(resume_state["optimizer"])
         start_step = int(resume_state["step"])
         best = resume_state.get("best", best)
         if "rng" in resume_state:
@@ -615,10 +616,15 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         }
         with atomic_output(checkpoint_path) as temporary:
             torch.save(state, temporary)
-        if config.model_out and checkpoint_path.stat().st_size < 20 * 2**20:
+        if config.model_out:
+            # a copy small enough to commit beside the model, so a later session can resume;
+            # over 20 MB the AdamW moments are left out (they rebuild within ~100 iterations)
             model_out.mkdir(parents=True, exist_ok=True)
             with atomic_output(model_out / "resume.pt") as temporary:
-                shutil.copyfile(checkpoint_path, temporary)
+                if checkpoint_path.stat().st_size < 20 * 2**20:
+                    shutil.copyfile(checkpoint_path, temporary)
+                else:
+                    torch.save({k: v for k, v in state.items() if k != "optimizer"}, temporary)
 
     def save_best(metrics: dict[str, Any], step: int) -> None:
         from medlens.models.zoo import ModelCard, save_model
