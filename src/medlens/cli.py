@@ -407,9 +407,12 @@ def train_seg(
         pretrained=pretrained,
     )
     best = train_segmentation(config)
-    stdout.print(
-        f"best validation mean Dice {best.get('mean_dice')} -> {model_out or out / 'model'}"
-    )
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one report, from rank 0
+        stdout.print(
+            f"best validation mean Dice {best.get('mean_dice')} -> {model_out or out / 'model'}"
+        )
 
 
 # --------------------------------------------------------------------------- deid / sign / verify
