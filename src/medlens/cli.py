@@ -432,7 +432,7 @@ def deid(
     ] = "research",
     workers: Annotated[
         int, typer.Option(help="Parallel processes (0 = one per CPU core).", min=0)
-    ] = 0,
+    ] = 1,
 ) -> None:
     """De-identify DICOM (PS3.15 Annex E + options), NIfTI and NRRD files with a secret key.
 
