@@ -197,3 +197,25 @@ def test_cuda_matches_cpu_for_the_same_seed(hippocampus_batch) -> None:
     gpu = augment(images.cuda(), labels.cuda(), generator=torch.Generator().manual_seed(0))
     assert torch.allclose(cpu[0], gpu[0].cpu(), atol=1e-4)
     assert (cpu[1] == gpu[1].cpu()).float().mean() > 0.999
+
+
+def test_fused_grid_reproduces_the_affine_map_exactly() -> None:
+    """The grid is built at control points and spline-upsampled: the affine part is exact."""
+    import torch.nn.functional as F
+
+    augment = SpatialAugment(spatial_dims=3, affine_prob=1.0, shear=0.1, translate_voxels=3)
+    shape = (20, 24, 28)
+    matrices = augment.sample_matrices(2, shape, torch.Generator().manual_seed(7))
+    grid = augment.sampling_grid(
+        2, shape, device=torch.device("cpu"), generator=torch.Generator().manual_seed(7)
+    )
+    half = (torch.tensor(list(reversed(shape)), dtype=torch.float64) - 1) / 2
+    theta = torch.cat(
+        [
+            matrices[:, :, :3] * half[None, None, :] / half[None, :, None],
+            (matrices[:, :, 3] / half[None, :])[:, :, None],
+        ],
+        dim=2,
+    )
+    expected = F.affine_grid(theta.float(), [2, 1, *shape], align_corners=True)
+    assert torch.allclose(grid, expected, atol=1e-5)

@@ -16,8 +16,10 @@ spatial axes from 0. The output has the same shape as the input.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,6 +54,41 @@ def uniform(
 ) -> torch.Tensor:
     """Uniform samples on the CPU generator (per-sample parameters are tiny)."""
     return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def spline_matrix(coarse: int, fine: int) -> np.ndarray:
+    """``[fine, coarse]`` natural-cubic-spline interpolation weights on [-1, 1]."""
+    if coarse == fine:
+        return np.eye(fine)
+    if coarse == 1:
+        return np.ones((fine, 1))
+    if coarse == 2:
+        positions = np.linspace(0.0, 1.0, fine)
+        return np.stack([1.0 - positions, positions], axis=1)
+    from scipy.interpolate import CubicSpline
+
+    spline = CubicSpline(np.linspace(-1, 1, coarse), np.eye(coarse), bc_type="natural")
+    return spline(np.linspace(-1, 1, fine))
+
+
+def upsample_separable(coarse: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``[B, *coarse, n]`` -> ``[B, *shape, n]`` (contiguous), one small matmul per axis."""
+    out = coarse
+    for axis in reversed(range(len(shape))):
+        if out.shape[1 + axis] == shape[axis]:
+            continue
+        weights = torch.as_tensor(
+            spline_matrix(out.shape[1 + axis], shape[axis]), dtype=out.dtype, device=out.device
+        )
+        moved = torch.movedim(out, 1 + axis, 1)  # [B, c, others..., n]
+        others = moved.shape[2:]
+        flat = moved.reshape(moved.shape[0], moved.shape[1], -1)  # copies only small tensors
+        # axis 0 is done last: its product is already in the final contiguous layout
+        out = torch.movedim(
+            (weights @ flat).view(moved.shape[0], shape[axis], *others), 1, 1 + axis
+        )
+    return out.contiguous()
 
 
 def rotation_matrices(angles_rad: torch.Tensor, spatial_dims: int) -> torch.Tensor:
@@ -226,16 +263,17 @@ class SpatialAugment:
         theta_linear = voxel_maps[:, :, :n] * half[None, None, :] / half[None, :, None]
         theta_shift = voxel_maps[:, :, n] / half[None, :]
         theta = torch.cat([theta_linear, theta_shift[:, :, None]], dim=2)
-        # Trilinear interpolation reproduces affine maps exactly, so the grid is built at a
-        # few control points (affine + random displacement) and upsampled ONCE to full size:
-        # cheaper than affine_grid at full resolution plus a separately upsampled field.
+        # The grid is built at a few control points (affine map + random displacement) and
+        # upsampled ONCE to full size with natural cubic splines, axis by axis (small
+        # matrix products). A natural cubic spline reproduces linear functions exactly, so
+        # the affine part is exact, and the elastic part is a smooth (C2) field. This is
+        # cheaper than affine_grid at full size plus a separately upsampled field.
         elastic = self.elastic_prob > 0 and self.elastic_magnitude_voxels > 0
         points = self.elastic_control_points if elastic else 2
         coarse_shape = [min(points, size) if size > 1 else 1 for size in spatial_shape]
         coarse_grid = F.affine_grid(
             theta.to(device=device, dtype=dtype), [batch, 1, *coarse_shape], align_corners=True
-        )
-        coarse_grid = torch.movedim(coarse_grid, -1, 1)  # [B, n, *coarse]
+        )  # [B, *coarse, n]
         if elastic:
             hit = torch.rand(batch, generator=generator) < self.elastic_prob
             device_gen = device_generator(generator, device)
@@ -243,16 +281,11 @@ class SpatialAugment:
                 coarse_grid.shape, generator=device_gen, device=device, dtype=dtype
             )
             scale = (self.elastic_magnitude_voxels / half).to(device=device, dtype=dtype)
-            displacement = displacement * scale.view(1, n, *([1] * n))
-            coarse_grid = coarse_grid + displacement * hit.to(device, dtype).view(
+            weight = scale.view(*([1] * (n + 1)), n) * hit.to(device, dtype).view(
                 batch, *([1] * (n + 1))
             )
-        if tuple(coarse_shape) == tuple(spatial_shape):
-            dense = coarse_grid
-        else:
-            mode = "bilinear" if n == 2 else "trilinear"
-            dense = F.interpolate(coarse_grid, size=spatial_shape, mode=mode, align_corners=True)
-        grid = torch.movedim(dense, 1, -1)
+            coarse_grid = coarse_grid + displacement * weight
+        grid = upsample_separable(coarse_grid, spatial_shape)
         return grid
 
     # ------------------------------------------------------------------ apply
