@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from medlens.errors import MedlensWarning
+from medlens.errors import MedlensError, MedlensWarning
 from medlens.io import read_image, write_image
 
 CASES = ["hippocampus_001", "hippocampus_017", "hippocampus_101", "hippocampus_204"]
@@ -126,3 +127,25 @@ def test_four_d_nifti_becomes_channels(tmp_path: Path) -> None:
     image = read_image(tmp_path / "two.nii.gz")
     assert image.array.shape == (2, 4, 5, 6)
     np.testing.assert_array_equal(image.numpy()[1], data[..., 1])
+
+
+@pytest.mark.parametrize("decompressor", ["isal", "stdlib-gzip"])
+def test_gzipped_voxels_read_straight_into_the_array(
+    hippocampus: Path, decompressor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if decompressor == "stdlib-gzip":
+        monkeypatch.setitem(sys.modules, "isal", None)  # import fails -> standard gzip
+    else:
+        pytest.importorskip("isal")
+    path = hippocampus / "imagesTr" / f"{existing_cases(hippocampus)[1]}.nii.gz"
+    image = read_image(path)
+    np.testing.assert_array_equal(image.numpy()[0], np.asanyarray(nib.load(path).dataobj))
+
+
+def test_truncated_nifti_is_a_clear_error(hippocampus: Path, tmp_path: Path) -> None:
+    source = hippocampus / "imagesTr" / f"{existing_cases(hippocampus)[0]}.nii.gz"
+    broken = tmp_path / "cut.nii.gz"
+    broken.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    with pytest.raises(MedlensError, match="cut.nii.gz") as error:
+        read_image(broken)
+    assert "complete" in str(error.value) or "truncated" in str(error.value)
