@@ -338,7 +338,8 @@ def test_detect_on_dicom_gives_mm_boxes_and_a_tid1500_sr(examples: Path, tmp_pat
     groups = report.content.get_planar_roi_measurement_groups()
     assert len(groups) == len(record["boxes"])
     region = groups[0].roi
-    assert region.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    referenced = region.ContentSequence[0].ReferencedSOPSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
     np.testing.assert_allclose(region.value[0], [x0, y0], atol=0.01)
 
 
@@ -347,3 +348,20 @@ def test_detect_refuses_a_missing_input_with_exit_2(tmp_path: Path) -> None:
     assert (
         run_cli(["detect", "kidney-stones", str(tmp_path / "nope.jpg"), str(tmp_path / "o")]) == 2
     )
+
+
+@needs_model
+def test_dicom_without_findings_still_gets_an_sr_and_empty_outputs(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    source = shared_data / "dicom" / "phi" / "humans" / "ctbrain1.dcm"  # RGB, JPEG-compressed
+    out = tmp_path / "out"
+    assert run_cli(["detect", "kidney-stones", str(source), str(out), "--conf", "1.0"]) == 0
+    assert (out / "ctbrain1.txt").read_text() == ""
+    assert json.loads((out / "ctbrain1.json").read_text())["boxes"] == []
+    import highdicom as hd
+
+    report = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(out / "ctbrain1_sr.dcm"))
+    assert report.content.get_planar_roi_measurement_groups() == []
+    (group,) = report.content.get_image_measurement_groups()  # "0 detections"
+    assert group.get_measurements()[0].value == 0

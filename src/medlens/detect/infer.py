@@ -267,12 +267,33 @@ def write_sr(
                     ],
                 )
             )
+    if not findings:
+        # TID 1500 needs one measurement group: say "0 detections" for the examined images
+        findings.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=hd.UID(), identifier="no findings"
+                ),
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(
+                        name=hd.sr.CodedConcept(
+                            value="detections",
+                            scheme_designator="99MEDLENS",
+                            meaning="Number of detections",
+                        ),
+                        value=0.0,
+                        unit=codes.UCUM.NoUnits,
+                    )
+                ],
+            )
+        )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-        imaging_measurements=findings or None,
+        imaging_measurements=findings,
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=None if findings else list(evidence_by_uid.values())[:1],
+        referenced_images=list(evidence_by_uid.values()),
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=list(evidence_by_uid.values()),
