@@ -173,8 +173,9 @@ def line_plot(
     ylabel: str,
     title: str,
     logx: bool = False,
+    xticks: Sequence[float] | None = None,
 ) -> str:
-    """A simple line chart (FROC, precision-recall) as a data URI."""
+    """A simple step chart (FROC, precision-recall) as a data URI."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,6 +186,9 @@ def line_plot(
         axis.step(x, y, where="post", label=name, linewidth=2)
     if logx:
         axis.set_xscale("log", base=2)
+    if xticks is not None:
+        axis.set_xticks(list(xticks), [f"{t:g}" for t in xticks])
+        axis.set_xlim(min(xticks) / 1.5, max(xticks) * 1.2)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_ylim(0, 1.02)

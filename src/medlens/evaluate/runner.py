@@ -672,11 +672,17 @@ def evaluate_detection(
     if curves:
         figures.append(
             line_plot(
-                [(n, np.maximum(x, 1 / 16), y) for n, x, y in curves],
+                [
+                    # start left of 1/8 and carry the last sensitivity on to 8 FP/image
+                    (n, np.append(np.maximum(x, 1 / 16), 10.0), np.append(y, y[-1]))
+                    for n, x, y in curves
+                    if len(x)
+                ],
                 xlabel="false positives per image",
                 ylabel="sensitivity",
-                title="FROC",
+                title=f"FROC (hit: IoU >= {options.froc_iou_threshold:g})",
                 logx=True,
+                xticks=(0.125, 0.25, 0.5, 1, 2, 4, 8),
             )
         )
     if pr_curves:
