@@ -29,6 +29,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import contextlib
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -43,18 +45,29 @@ ANCHORS = {
 
 
 # --------------------------------------------------------------------------- pipeline 1
-def medlens_pipeline_1(spacing: float):
+def medlens_pipeline_1(spacing: float, *, always_resample: bool = False):
     from medlens.preprocess import CropForeground, Pipeline, Reorient, Resample, ZScore
 
-    return Pipeline(
-        [Reorient(orientation="RAS"), Resample(spacing_mm=spacing), ZScore(), CropForeground()]
-    )
+    class AlwaysResample(Resample):
+        """For a like-for-like row: resample even when the spacing already matches."""
+
+        def _unchanged(self, image) -> bool:
+            return False
+
+    resample = (AlwaysResample if always_resample else Resample)(spacing_mm=spacing)
+    return Pipeline([Reorient(orientation="RAS"), resample, ZScore(), CropForeground()])
 
 
-def run_medlens(paths: list[Path], spacing: float, device: str = "cpu") -> list[tuple]:
+def run_medlens_always_resample(paths: list[Path], spacing: float) -> list[tuple]:
+    return run_medlens(paths, spacing, always_resample=True)
+
+
+def run_medlens(
+    paths: list[Path], spacing: float, device: str = "cpu", *, always_resample: bool = False
+) -> list[tuple]:
     from medlens.io import read_image
 
-    pipeline = medlens_pipeline_1(spacing)
+    pipeline = medlens_pipeline_1(spacing, always_resample=always_resample)
     shapes = []
     for path in paths:
         image = read_image(path)
@@ -108,7 +121,9 @@ def run_simpleitk(paths: list[Path], spacing: float) -> list[tuple]:
     for path in paths:
         image = sitk.DICOMOrient(sitk.ReadImage(str(path)), "RAS")
         old_size, old_spacing = image.GetSize(), image.GetSpacing()
-        size = [max(1, int(round(n * s / spacing))) for n, s in zip(old_size, old_spacing)]
+        size = [
+            max(1, int(round(n * s / spacing))) for n, s in zip(old_size, old_spacing, strict=True)
+        ]
         image = sitk.Resample(
             image,
             size,
@@ -133,6 +148,7 @@ def run_simpleitk(paths: list[Path], spacing: float) -> list[tuple]:
 
 RUNNERS = {
     "medlens-CPU": run_medlens,
+    "medlens-CPU (always resample)": run_medlens_always_resample,
     "MONAI": run_monai,
     "TorchIO": run_torchio,
     "SimpleITK": run_simpleitk,
@@ -354,10 +370,8 @@ def background_pids() -> list[int]:
 
 def signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def main() -> None:
@@ -416,7 +430,8 @@ def write_report(out, hippo, ct, aug3d, aug2d, paths, gpu, pids, load_before, lo
         "# Preprocessing and augmentation benchmark",
         "",
         f"Written by `python benchmarks/preprocess.py{' --quick' if quick else ''}` on "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.processor() or platform.machine()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU cores, torch {torch.__version__} with 2 threads, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}.",
         f"Load average before/after (1 min): {load_before[0]:.2f} / {load_after[0]:.2f}; "
@@ -483,7 +498,8 @@ def write_report(out, hippo, ct, aug3d, aug2d, paths, gpu, pids, load_before, lo
         "",
         "- medlens-CPU pipeline 1: numpy reorientation (views), SimpleITK linear resampling "
         "(skipped when the spacing already matches, as for the 1 mm hippocampus cases), numpy "
-        "z-score and bounding-box crop. MONAI/TorchIO always resample.",
+        "z-score and bounding-box crop. MONAI/TorchIO always resample; the row "
+        "'medlens-CPU (always resample)' forces the SimpleITK resampling too (like for like).",
         "- Foreground = voxels above the image minimum for every library (TorchIO has no "
         "intensity crop-to-foreground: bounding box + `tio.Crop`).",
         "- medlens augmentation: flip+affine+elastic fused into one sampling grid (affine "
