@@ -363,6 +363,9 @@ def main() -> None:
 
     paused: list[int] = []
     if args.pause_background:
+        # SIGTERM/SIGHUP become SystemExit so that `finally` resumes the paused jobs
+        for number in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(number, lambda *_: sys.exit(1))
         paused = background_pids("medlens_train_bg")
         signal_pids(paused, signal.SIGSTOP)
     try:

@@ -299,14 +299,22 @@ def enhanced_from_series(folder: Path, *, frame_order: list[int] | None = None) 
     return enhanced
 
 
-@pytest.mark.parametrize("shuffled", [False, True], ids=["as-converted", "shuffled-frames"])
-def test_enhanced_multiframe_matches_series(hcrop: Path, shuffled: bool, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("shuffled", "syntax"),
+    [(False, None), (True, None), (True, pydicom.uid.RLELossless)],
+    ids=["as-converted", "shuffled-frames", "shuffled-rle"],
+)
+def test_enhanced_multiframe_matches_series(
+    hcrop: Path, shuffled: bool, syntax: str | None, tmp_path: Path
+) -> None:
     expected = read_image(hcrop)
     count = expected.spatial_shape[2]
     order = list(range(count))
     if shuffled:
         random.Random(1).shuffle(order)
     enhanced = enhanced_from_series(hcrop, frame_order=order)
+    if syntax is not None:
+        enhanced.compress(syntax)
     enhanced.save_as(tmp_path / "enhanced.dcm")
     assert int(pydicom.dcmread(tmp_path / "enhanced.dcm").NumberOfFrames) == count
 

@@ -472,7 +472,7 @@ def _output_dtype(frames: list[_Frame]) -> np.dtype:
 
 
 def _native_layout(dataset: Dataset) -> tuple[np.dtype, int] | None:
-    """Stored dtype and BitsStored of uncompressed single-frame grey pixels, else None."""
+    """Stored dtype and BitsStored of uncompressed grey pixels (any frame count), else None."""
     if dataset.file_meta.get("TransferSyntaxUID") not in _UNCOMPRESSED:
         return None
     bits = int(dataset.get("BitsAllocated", 0))
@@ -481,7 +481,6 @@ def _native_layout(dataset: Dataset) -> tuple[np.dtype, int] | None:
         int(dataset.get("SamplesPerPixel", 1)) != 1
         or bits not in (8, 16, 32)
         or not 0 < bits_stored <= bits
-        or int(dataset.get("NumberOfFrames", 1) or 1) != 1
     ):
         return None
     signed = int(dataset.get("PixelRepresentation", 0)) == 1
@@ -523,7 +522,7 @@ def _truncated(dataset: Dataset, got: int, expected: int) -> MedlensError:
 
 
 def _read_native_into(frame: _Frame, target: np.ndarray) -> bool:
-    """Fast path for uncompressed grey slices: read the pixel bytes straight into ``target``.
+    """Fast path for uncompressed grey frames: read the pixel bytes straight into ``target``.
 
     With a deferred (not yet loaded) PixelData element, the bytes go from the file into the
     output buffer with ``readinto``: no pydicom decode and no intermediate copy when the
@@ -538,6 +537,7 @@ def _read_native_into(frame: _Frame, target: np.ndarray) -> bool:
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     count = rows * columns
     expected = count * stored.itemsize
+    start = (frame.frame_index or 0) * expected  # frames of a multi-frame file are contiguous
     element = dataset.get_item(_PIXEL_DATA, keep_deferred=True)
     deferred = (
         isinstance(element, RawDataElement)
@@ -546,9 +546,9 @@ def _read_native_into(frame: _Frame, target: np.ndarray) -> bool:
     )
     if not deferred:
         data = dataset.PixelData
-        if len(data) < expected:
-            raise _truncated(dataset, len(data), expected)
-        pixels = np.frombuffer(data, dtype=stored, count=count)
+        if len(data) < start + expected:
+            raise _truncated(dataset, len(data), start + expected)
+        pixels = np.frombuffer(data, dtype=stored, count=count, offset=start)
         if bits_stored < stored.itemsize * 8:
             pixels = pixels.copy()
             _keep_stored_bits(pixels, bits_stored)
@@ -556,8 +556,8 @@ def _read_native_into(frame: _Frame, target: np.ndarray) -> bool:
         return True
 
     assert isinstance(element, RawDataElement)
-    if element.length < expected:
-        raise _truncated(dataset, element.length, expected)
+    if element.length < start + expected:
+        raise _truncated(dataset, element.length, start + expected)
     # Stored values fit the output type bit for bit: read in place, fix up in place.
     low = -(1 << (bits_stored - 1)) if stored.kind == "i" else 0
     high = (1 << (bits_stored - 1)) - 1 if stored.kind == "i" else (1 << bits_stored) - 1
@@ -570,7 +570,7 @@ def _read_native_into(frame: _Frame, target: np.ndarray) -> bool:
     )
     pixels = target.reshape(-1).view(stored) if in_place else np.empty(count, dtype=stored)
     with open(dataset.filename, "rb") as handle:
-        handle.seek(element.value_tell)
+        handle.seek(element.value_tell + start)
         got = handle.readinto(memoryview(pixels).cast("B"))
     if got != expected:
         raise _truncated(dataset, got, expected)
@@ -629,7 +629,7 @@ def _volume_from_datasets(
     def fill(index: int) -> None:
         frame = frames[index]
         target = buffer[index]
-        if samples == 1 and frame.frame_index is None and _read_native_into(frame, target):
+        if samples == 1 and _read_native_into(frame, target):
             return
         pixels = _decode_frame(frame, source)
         if pixels.ndim == 2:
@@ -641,6 +641,10 @@ def _volume_from_datasets(
             )
         _rescale_into(pixels, target, frame)
 
+    for dataset in {id(frame.dataset): frame.dataset for frame in frames}.values():
+        if int(dataset.get("NumberOfFrames", 1) or 1) > 1 and _native_layout(dataset) is None:
+            # load the (compressed) pixel data of multi-frame files once, not racily per thread
+            _ = dataset.PixelData
     _parallel_map(fill, list(range(len(frames))))
     array = buffer.transpose(3, 2, 1, 0)  # (C, I=columns, J=rows, K=slices), no copy
     if resample is not None:
