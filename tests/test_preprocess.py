@@ -485,3 +485,12 @@ def test_cli_bad_pipeline_exits_2(shared_data: Path, tmp_path: Path, capsys) -> 
     err = capsys.readouterr().err
     assert "unknown transform 'nope'" in err and "crop_foreground" in err
     assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_tensor_images_stay_tensors_through_numpy_only_steps(case) -> None:
+    image, _ = case
+    pipeline = Pipeline([Resample(spacing_mm=1.2), CLAHE(), ZScore()])
+    out = pipeline(image.with_array(image.tensor().float()))
+    assert isinstance(out.array, torch.Tensor) and out.array.dtype == torch.float32
+    reference = pipeline(image.with_array(image.numpy().astype(np.float32)))
+    assert np.abs(out.numpy() - reference.numpy()).max() < 1e-2

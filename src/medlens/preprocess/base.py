@@ -54,7 +54,7 @@ class Transform:
     def __call__(self, image: Image) -> Image:
         started = time.perf_counter()
         result = self.apply_label(image) if image.labels is not None else self.apply(image)
-        return record(result, self, seconds=time.perf_counter() - started)
+        return record(same_kind(result, image), self, seconds=time.perf_counter() - started)
 
     def apply(self, image: Image) -> Image:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -71,7 +71,8 @@ class Transform:
 
     def labelled(self, label: Image) -> Image:
         started = time.perf_counter()
-        return record(self.apply_label(label), self, seconds=time.perf_counter() - started)
+        result = same_kind(self.apply_label(label), label)
+        return record(result, self, seconds=time.perf_counter() - started)
 
     def parameters(self) -> dict[str, Any]:
         """Options as plain YAML-able values."""
@@ -87,6 +88,15 @@ class Transform:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.parameters()}
+
+
+def same_kind(result: Image, source: Image) -> Image:
+    """Tensors in, tensors out (on the same device): steps that only have a numpy
+    implementation (SimpleITK, OpenCV, scikit-image) hand their result back as a tensor."""
+    if isinstance(source.array, torch.Tensor) and isinstance(result.array, np.ndarray):
+        values = np.ascontiguousarray(result.array)
+        return result.with_array(torch.from_numpy(values).to(source.array.device))
+    return result
 
 
 def record(image: Image, transform: Transform, *, seconds: float) -> Image:

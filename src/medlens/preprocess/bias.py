@@ -43,6 +43,8 @@ class N4BiasCorrection(Transform):
         channels = []
         for data in float_array(image):
             source = to_sitk(data.astype(np.float32), image)
+            if image.is_2d:  # N4 cannot fit along a one-voxel axis
+                source = source[:, :, 0]
             if self.mask == "otsu":
                 mask = sitk.OtsuThreshold(source, 0, 1, 200)
             else:
@@ -56,5 +58,5 @@ class N4BiasCorrection(Transform):
             corrector.Execute(small, small_mask)
             log_bias = corrector.GetLogBiasFieldAsImage(source)
             corrected = source / sitk.Exp(log_bias)
-            channels.append(np.array(from_sitk(corrected), dtype=np.float32))
+            channels.append(np.array(from_sitk(corrected), dtype=np.float32).reshape(data.shape))
         return image.with_array(np.stack(channels))

@@ -80,7 +80,14 @@ class HistogramEqualize(Transform):
     def apply(self, image: Image) -> Image:
         from skimage.exposure import equalize_hist
 
-        out = np.stack([equalize_hist(d, nbins=int(self.bins)) for d in float_array(image)])
+        out = np.stack(
+            [
+                equalize_hist(d[..., 0] if d.shape[-1] == 1 else d, nbins=int(self.bins)).reshape(
+                    d.shape
+                )
+                for d in float_array(image)
+            ]
+        )
         return image.with_array(out.astype(np.float32))
 
 

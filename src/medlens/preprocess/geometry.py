@@ -43,7 +43,7 @@ def to_sitk(values: np.ndarray, image: Image) -> sitk.Image:
 def from_sitk(result: sitk.Image) -> np.ndarray:
     """A SimpleITK image back to an ``(I, J, K)`` array (a copy: a view would dangle once
     the SimpleITK image is freed)."""
-    return sitk.GetArrayFromImage(result).transpose(2, 1, 0)
+    return sitk.GetArrayFromImage(result).transpose()  # (K, J, I) -> (I, J, K); 2D too
 
 
 @register("resample")
