@@ -219,3 +219,24 @@ def test_fused_grid_reproduces_the_affine_map_exactly() -> None:
     )
     expected = F.affine_grid(theta.float(), [2, 1, *shape], align_corners=True)
     assert torch.allclose(grid, expected, atol=1e-5)
+
+
+def test_one_grid_sample_per_tensor_per_batch(monkeypatch, hippocampus_batch) -> None:
+    """flip + rot90 + affine + elastic cost one resampling of the images and one of the labels,
+    for the whole batch (no per-sample or per-transform resampling)."""
+    import torch.nn.functional as F
+
+    calls = []
+    original = F.grid_sample
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("mode"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(F, "grid_sample", counting)
+    images, labels = hippocampus_batch
+    augment = SpatialAugment(
+        spatial_dims=3, flip_prob=1.0, affine_prob=1.0, elastic_prob=1.0, rot90_prob=1.0
+    )
+    augment(images[:, :, :40, :40, :40], labels[:, :, :40, :40, :40])
+    assert calls == ["bilinear", "nearest"]

@@ -494,3 +494,19 @@ def test_tensor_images_stay_tensors_through_numpy_only_steps(case) -> None:
     assert isinstance(out.array, torch.Tensor) and out.array.dtype == torch.float32
     reference = pipeline(image.with_array(image.numpy().astype(np.float32)))
     assert np.abs(out.numpy() - reference.numpy()).max() < 1e-2
+
+
+def test_cli_preprocess_single_frame_with_endoscopy_preset(kvasir_frame, tmp_path: Path) -> None:
+    from medlens.cli import main
+
+    source = Path(kvasir_frame.metadata["path"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["preprocess", str(source), str(tmp_path / "frame.png"), "--pipeline", "endoscopy"])
+    assert exit_info.value.code in (0, None)
+    out = read_image(tmp_path / "frame.png")
+    assert out.array.shape == kvasir_frame.array.shape
+    steps = json.loads((tmp_path / "frame.png.provenance.json").read_text())
+    assert [s["transform"] for s in steps["images"][str(tmp_path / "frame.png")]["steps"]] == [
+        "specular_inpaint",
+        "gray_world",
+    ]
