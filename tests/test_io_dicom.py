@@ -322,3 +322,59 @@ def test_enhanced_multiframe_matches_series(
     np.testing.assert_array_equal(image.numpy(), expected.numpy())
     assert image.same_grid(expected, tolerance_mm=1e-6)
     np.testing.assert_allclose(image.direction, expected.direction)
+
+
+# ----------------------------------------------------------------------------- stored bits
+def write_ct_slices(folder: Path, *, size: int, signed: bool, slices: int = 6) -> None:
+    """12-bit CT slices with junk in the unused high bits (as old scanners put overlays)."""
+    from pydicom.dataset import FileMetaDataset
+
+    rng = np.random.default_rng(3)
+    series, study, frame = (pydicom.uid.generate_uid() for _ in range(3))
+    for k in range(slices):
+        if signed:
+            values = rng.integers(-2048, 2048, size=(size, size)).astype(np.int16)
+            junk = (rng.random((size, size)) < 0.2).astype(np.int16) << 13
+            stored = (values.view(np.uint16) & 0x0FFF | junk.view(np.uint16)).view(np.int16)
+        else:
+            values = rng.integers(0, 4096, size=(size, size)).astype(np.uint16)
+            stored = values | ((rng.random((size, size)) < 0.2).astype(np.uint16) << 14)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+        meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = (
+            meta.MediaStorageSOPClassUID,
+            meta.MediaStorageSOPInstanceUID,
+        )
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality = "CT"
+        ds.ImagePositionPatient = [-100.0, -100.0, 20.0 + 2.5 * k]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [0.8, 0.8]
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+        ds.PixelRepresentation = int(signed)
+        ds.RescaleSlope, ds.RescaleIntercept = "1", "0" if signed else "-1024"
+        ds.PixelData = stored.tobytes()
+        ds.save_as(folder / f"{k}.dcm", enforce_file_format=True)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+@pytest.mark.parametrize("size", [32, 96], ids=["parsed-pixels", "deferred-pixels"])
+def test_bits_above_bits_stored_are_ignored(signed: bool, size: int, tmp_path: Path) -> None:
+    """Matches pydicom's decoding + modality LUT (masking / sign extension of 12-bit data)."""
+    from pydicom.pixels import apply_modality_lut
+
+    write_ct_slices(tmp_path, size=size, signed=signed)
+    image = read_image(tmp_path)
+    assert image.dtype == np.int16
+    for k, dataset in enumerate(sorted_datasets(tmp_path)):
+        expected = apply_modality_lut(dataset.pixel_array, dataset)
+        np.testing.assert_array_equal(image.numpy()[0, :, :, k].T, expected)
+    assert image.numpy().min() >= (-2048 if signed else -1024)
+    assert image.numpy().max() <= (2047 if signed else 3071)
