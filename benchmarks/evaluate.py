@@ -268,7 +268,7 @@ def write_markdown(args, results, tools, load_before, load_after, agreement) -> 
             memory = f"{entry['peak_mb']:.0f} MB"
             if workload == "hippocampus":
                 memory += " (below resolution)"
-            lines.append(f"| {workload} | {tool} | {shown} | {entry['peak_mb']:.0f} MB | {ratio} |")
+            lines.append(f"| {workload} | {tool} | {shown} | {memory} | {ratio} |")
         lines.append(
             f"| {workload} | MONAI HD95 + NSD | "
             + (
