@@ -78,6 +78,17 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (worker processes)."""
+    import resource
+
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _reset_peak() -> None:
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (Linux >= 4.0)
@@ -101,6 +112,7 @@ def child(tool: str, source: Path, output: Path, key: Path) -> None:
         workers = 2 if tool.endswith("-2") else 1
         _reset_peak()
         before = _rss_kib("VmRSS")
+        cpu_start = _cpu_seconds()
         start = time.perf_counter()
         report = deidentify(source, output, key_file=key, profile="research", workers=workers)
         seconds = time.perf_counter() - start
@@ -113,6 +125,7 @@ def child(tool: str, source: Path, output: Path, key: Path) -> None:
         output.mkdir(parents=True, exist_ok=True)
         _reset_peak()
         before = _rss_kib("VmRSS")
+        cpu_start = _cpu_seconds()
         start = time.perf_counter()
         items = get_identifiers(files)
         written = replace_identifiers(
@@ -125,11 +138,13 @@ def child(tool: str, source: Path, output: Path, key: Path) -> None:
         )
         seconds = time.perf_counter() - start
         ok = len(written)
+    cpu = _cpu_seconds() - cpu_start
     peak = _rss_kib("VmHWM")
     print(
         json.dumps(
             {
                 "seconds": seconds,
+                "cpu_seconds": cpu,
                 "files": len(files),
                 "written": ok,
                 "peak_mib": (peak - before) / 1024,

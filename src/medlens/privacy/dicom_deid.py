@@ -92,11 +92,12 @@ class Audit:
     pixel_regions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for key, value in data.items():
-            if isinstance(value, set):
-                data[key] = sorted(value)
-        return data
+        # not dataclasses.asdict: it deep-copies, a measurable cost per file
+        return {
+            field.name: sorted(value) if isinstance(value, set) else value
+            for field in dataclasses.fields(self)
+            for value in (getattr(self, field.name),)
+        }
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,6 +112,7 @@ def _safe_creators() -> frozenset[tuple[str, int]]:
     return frozenset((creator, group) for creator, group, _ in safe_private())
 
 
+@functools.lru_cache(maxsize=4096)
 def _keyword(tag: int) -> str:
     return pydicom.datadict.keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
@@ -163,10 +165,11 @@ class DicomDeidentifier:
 
     @staticmethod
     def _code(value: str, meaning: str) -> Dataset:
+        # DataElements directly: attribute assignment goes through pydicom's slower lookups
         item = Dataset()
-        item.CodeValue = value
-        item.CodingSchemeDesignator = "DCM"
-        item.CodeMeaning = meaning
+        item.add(DataElement(0x00080100, "SH", value))
+        item.add(DataElement(0x00080102, "SH", "DCM"))
+        item.add(DataElement(0x00080104, "LO", meaning))
         return item
 
     def _identifiers(self, ds: Dataset) -> list[str]:
