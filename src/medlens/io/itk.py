@@ -15,12 +15,38 @@ from medlens.image import Image
 from medlens.io.atomic import atomic_output, prepare_output
 
 
-def image_from_sitk(itk_image: sitk.Image, *, metadata: dict | None = None) -> Image:
-    """Convert a SimpleITK image (2D or 3D, scalar or vector) without reordering voxels."""
+class _ItkPixelBuffer:
+    """Hands a SimpleITK image's pixel buffer to numpy and keeps the image alive with it."""
+
+    def __init__(self, itk_image: sitk.Image) -> None:
+        self.itk_image = itk_image
+        interface = dict(sitk.GetArrayViewFromImage(itk_image).__array_interface__)
+        interface["data"] = (interface["data"][0], False)  # writable: nobody else holds it
+        self.__array_interface__ = interface
+
+
+def array_from_sitk(itk_image: sitk.Image) -> np.ndarray:
+    """``(K, J, I[, C])`` array on the image's own buffer: no copy, unlike GetArrayFromImage.
+
+    The array keeps the image alive (numpy's ``base``), so the buffer cannot be freed early
+    (the danger of a bare ``GetArrayViewFromImage``). Only for images nobody else uses.
+    """
+    return np.asarray(_ItkPixelBuffer(itk_image))
+
+
+def image_from_sitk(
+    itk_image: sitk.Image, *, metadata: dict | None = None, share_buffer: bool = False
+) -> Image:
+    """Convert a SimpleITK image (2D or 3D, scalar or vector) without reordering voxels.
+
+    ``share_buffer=True`` wraps the image's pixel buffer instead of copying it (half the peak
+    memory); use it only for an image the caller drops afterwards, e.g. one just read.
+    """
     dimension = itk_image.GetDimension()
     if dimension not in (2, 3):
         raise MedlensError(f"{dimension}D ITK images are not supported (2D or 3D expected)")
-    values = sitk.GetArrayFromImage(itk_image)  # (K, J, I[, C]) or (J, I[, C])
+    # (K, J, I[, C]) or (J, I[, C])
+    values = array_from_sitk(itk_image) if share_buffer else sitk.GetArrayFromImage(itk_image)
     vector = itk_image.GetNumberOfComponentsPerPixel() > 1
     if dimension == 2:
         values = values[None]
@@ -72,7 +98,9 @@ def read_itk(path: str | Path) -> Image:
             f"cannot read image ({reason})", path=path, hint="check that the file is complete"
         ) from None
     return image_from_sitk(
-        itk_image, metadata={"format": path.suffix.lstrip(".").lower(), "path": str(path)}
+        itk_image,
+        metadata={"format": path.suffix.lstrip(".").lower(), "path": str(path)},
+        share_buffer=True,
     )
 
 
