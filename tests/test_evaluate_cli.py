@@ -285,3 +285,24 @@ def test_report_renders_plots_in_headless_chromium(seg_folders, tmp_path):
     box_orange = (red > 200) & (green > 100) & (green < 190) & (blue < 100)  # orange boxes
     overlay_yellow = (red > 200) & (green > 180) & (blue < 60)  # agreement in overlays
     assert box_blue.sum() > 500 and box_orange.sum() > 500 and overlay_yellow.sum() > 500
+
+
+def test_baseline_comparison_and_image_backgrounds(seg_folders, shared_data, tmp_path, capsys):
+    pred, gt = seg_folders
+    first = tmp_path / "model_a"
+    assert _run(["evaluate", str(pred), str(gt), "--out", str(first)]) == 0
+    # model B: the references themselves (perfect) for every case
+    better = tmp_path / "model_b"
+    shutil.copytree(gt, better)
+    images = shared_data / "hippocampus" / "imagesTr"
+    out = tmp_path / "compare"
+    argv = ["evaluate", str(better), str(gt), "--out", str(out), "--baseline", str(first)]
+    assert _run([*argv, "--images", str(images)]) == 0
+    assert "Wilcoxon" in capsys.readouterr().out
+    comparison = json.loads((out / "summary.json").read_text())["comparison"]
+    dice = comparison["labels"]["1"]["dice"]
+    assert dice["n"] == HIPPOCAMPUS_CASES and dice["mean_difference"] > 0
+    hd95 = comparison["labels"]["1"]["hd95_mm"]
+    assert hd95["n_dropped"] == 1  # undefined HD95 of the missing case in A
+    page = (out / "report.html").read_text()
+    assert "Model comparison" in page and "Wilcoxon p" in page

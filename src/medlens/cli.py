@@ -533,6 +533,13 @@ def evaluate(
     ] = None,
     worst: Annotated[int, typer.Option(help="Worst cases shown as overlays.")] = 6,
     froc_iou: Annotated[float, typer.Option(help="IoU counted as a FROC hit.")] = 0.1,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="Earlier evaluation folder (model A): paired Wilcoxon comparison."),
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of intensity images shown under the overlays.")
+    ] = None,
 ) -> None:
     """Score predictions against references: metrics CSV, summary.json and report.html.
 
@@ -553,6 +560,8 @@ def evaluate(
         speed_json=speed,
         worst_cases=worst,
         froc_iou_threshold=froc_iou,
+        baseline=baseline,
+        images=images,
     )
     with stderr.status("evaluating ...") as status:
         summary = evaluate_folders(
@@ -586,6 +595,12 @@ def _print_evaluation(summary: dict[str, Any], out: Path) -> None:
         for name, row in summary["classes"].items():
             table.add_row(name, number(row["ap50"]), number(row["map50_95"]), number(row["cpm"]))
     stdout.print(table)
+    for label, metrics in summary.get("comparison", {}).get("labels", {}).items():
+        c = metrics["dice"]
+        stdout.print(
+            f"label {label}: Dice B-A {number(c.get('mean_difference'))}, "
+            f"Wilcoxon p {number(c['p_value'])} -> better: {c['better']}"
+        )
     for key, text in (
         ("missing_prediction", "reference cases without prediction (scored as failures)"),
         ("missing_reference", "predictions without reference (not scored)"),

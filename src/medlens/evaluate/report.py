@@ -156,9 +156,14 @@ def overlay_png(
         background = background.T
         span = np.ptp(background) or 1.0
         rgb[:] = ((background - background.min()) / span)[..., None] * 0.8
-    rgb[pred & ref] = (1.0, 0.85, 0.0)
-    rgb[ref & ~pred] = (0.1, 0.8, 0.1)
-    rgb[pred & ~ref] = (0.9, 0.1, 0.1)
+    # colours half-transparent over an intensity image, so that the anatomy stays visible
+    alpha = 0.55 if background is not None else 1.0
+    for region, colour in (
+        (pred & ref, (1.0, 0.85, 0.0)),
+        (ref & ~pred, (0.1, 0.8, 0.1)),
+        (pred & ~ref, (0.9, 0.1, 0.1)),
+    ):
+        rgb[region] = (1 - alpha) * rgb[region] + alpha * np.asarray(colour)
     figure, axis = plt.subplots(figsize=(3.4, 3.6))
     axis.imshow(rgb, interpolation="nearest")
     axis.set_title(title, fontsize=9)

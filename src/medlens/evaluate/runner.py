@@ -102,6 +102,11 @@ class EvaluateOptions:
         speed_json: a ``medlens bench`` JSON to add to the report.
         worst_cases: how many worst cases to show as overlays.
         froc_iou_threshold: IoU that counts as a hit for FROC.
+        baseline: an earlier evaluation folder (or its metrics.csv) of model A: the report
+            then compares this prediction (B) with it, per label and metric, with the
+            Wilcoxon signed-rank test on the cases both have.
+        images: folder of the intensity images (matched by case name) shown under the
+            worst-case overlays.
     """
 
     nsd_tolerance_mm: float = 1.0
@@ -110,6 +115,8 @@ class EvaluateOptions:
     speed_json: Path | None = None
     worst_cases: int = 6
     froc_iou_threshold: float = 0.1
+    baseline: Path | None = None
+    images: Path | None = None
 
 
 # --------------------------------------------------------------------------- files
@@ -361,6 +368,8 @@ def evaluate_segmentation(
     speed = load_speed(options.speed_json)
     if speed is not None:
         summary["speed"] = speed
+    if options.baseline is not None:
+        summary["comparison"] = compare_with_baseline(rows, options.baseline)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "metrics.csv", rows, CSV_COLUMNS)
     _write_json(out_dir / "summary.json", summary)
@@ -391,8 +400,89 @@ def _worst_overlays(
         else:
             pred_array = np.zeros_like(ref_array)
         title = f"{case}: mean Dice {np.mean(by_case[case]):.3f}"
-        overlays.append((case, overlay_png(pred_array, ref_array, title=title)))
+        background = _background_image(options.images, case, ref)
+        overlays.append((case, overlay_png(pred_array, ref_array, image=background, title=title)))
     return overlays
+
+
+def _background_image(folder: Path | None, case: str, ref: Any) -> np.ndarray | None:
+    """The case's intensity image on the reference grid (first channel), if there is one."""
+    if folder is None:
+        return None
+    from medlens.io import read_image
+
+    matches = [p for p in folder.iterdir() if _case_name(p) in (case, f"{case}_0000")]
+    if not matches:
+        return None
+    image = read_image(matches[0], warn_nan=False)
+    if not image.same_grid(ref):
+        return None
+    array = image.numpy()[0].astype(np.float32)
+    return array[:, :, 0] if image.is_2d else array
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a metrics.csv written by ``medlens evaluate`` (numbers as floats)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.csv"
+    if not path.is_file():
+        raise MedlensError("no metrics.csv here", path=path, hint="pass an evaluation folder")
+    rows = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            parsed: dict[str, Any] = {"case": row["case"], "label": int(row["label"])}
+            for key in SUMMARY_METRICS:
+                parsed[key] = float(row[key]) if row.get(key) not in (None, "") else float("nan")
+            rows.append(parsed)
+    return rows
+
+
+def compare_with_baseline(rows: list[dict[str, Any]], baseline: Path) -> dict[str, Any]:
+    """Per label and metric: paired Wilcoxon test of this run (B) against a baseline (A)."""
+    from medlens.evaluate.stats import paired_comparison
+
+    before = {(r["case"], r["label"]): r for r in read_metrics_csv(baseline)}
+    result: dict[str, Any] = {"baseline": str(baseline), "labels": {}}
+    for label in sorted({r["label"] for r in rows}):
+        pairs = [
+            (before[(r["case"], label)], r)
+            for r in rows
+            if r["label"] == label and (r["case"], label) in before
+        ]
+        if not pairs:
+            continue
+        result["labels"][str(label)] = {
+            metric: paired_comparison(
+                [a[metric] for a, _ in pairs],
+                [b[metric] for _, b in pairs],
+                higher_is_better=metric in HIGHER_IS_BETTER,
+            )
+            for metric in SUMMARY_METRICS
+        }
+    return result
+
+
+def _comparison_html(summary: dict[str, Any]) -> str:
+    table = []
+    for label, metrics in summary["comparison"]["labels"].items():
+        for metric, c in metrics.items():
+            table.append(
+                {
+                    "label": label,
+                    "metric": metric,
+                    "n pairs": c["n"],
+                    "mean B-A": c.get("mean_difference", float("nan")),
+                    "95% CI": f"{c['ci_low']:.4g} .. {c['ci_high']:.4g}" if "ci_low" in c else "-",
+                    "Wilcoxon p": c["p_value"],
+                    "better": c["better"],
+                }
+            )
+    columns = ("label", "metric", "n pairs", "mean B-A", "95% CI", "Wilcoxon p", "better")
+    return (
+        f"<p class='note'>A = {summary['comparison']['baseline']}; paired by case; two-sided "
+        "Wilcoxon signed-rank test, 'better' at p &lt; 0.05.</p>" + table_html(table, columns)
+    )
 
 
 def _summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -487,6 +577,11 @@ def _segmentation_report(
             "<div class='cases'>"
             + "".join(f"<figure>{image_tag(uri, case)}</figure>" for case, uri in overlays)
             + "</div>",
+        ),
+        *(
+            [("Model comparison: baseline A vs this prediction B", _comparison_html(summary))]
+            if "comparison" in summary
+            else []
         ),
         ("Speed", speed_html(speed)),
         (
@@ -733,7 +828,9 @@ __all__ = [
     "evaluate_detection",
     "evaluate_folders",
     "evaluate_segmentation",
+    "compare_with_baseline",
     "read_coco",
+    "read_metrics_csv",
     "read_yolo_folder",
     "resample_to",
 ]
