@@ -306,3 +306,31 @@ def test_baseline_comparison_and_image_backgrounds(seg_folders, shared_data, tmp
     assert hd95["n_dropped"] == 1  # undefined HD95 of the missing case in A
     page = (out / "report.html").read_text()
     assert "Model comparison" in page and "Wilcoxon p" in page
+
+
+def test_cli_uses_anisotropic_spacing_from_the_files(shared_data, tmp_path):
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    source = sorted((shared_data / "hippocampus" / "labelsTr").glob("*.nii.gz"))[0]
+    ref = np.asarray(nib.load(source).dataobj).astype(np.uint8)
+    pred = np.roll(ref, 1, axis=2)
+    spacing = (0.6, 0.9, 2.2)
+    affine = np.diag([*spacing, 1.0])
+    for folder, labels in (("gt", ref), ("pred", pred)):
+        (tmp_path / folder).mkdir()
+        nib.save(nib.Nifti1Image(labels, affine), tmp_path / folder / "case.nii.gz")
+    out = tmp_path / "eval"
+    assert _run(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(out)]) == 0
+    with open(out / "metrics.csv") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["label"] == "1")
+    expected = compute_hausdorff_distance(
+        torch.from_numpy(pred == 1)[None, None].float(),
+        torch.from_numpy(ref == 1)[None, None].float(),
+        percentile=95,
+        spacing=spacing,
+    ).item()
+    assert float(row["hd95_mm"]) == pytest.approx(expected, abs=1e-4)
+    assert expected >= 2.2  # a one-slice shift costs at least the 2.2 mm slice spacing
+    voxel_ml = 0.6 * 0.9 * 2.2 / 1000
+    assert float(row["volume_ref_ml"]) == pytest.approx((ref == 1).sum() * voxel_ml, rel=1e-5)
