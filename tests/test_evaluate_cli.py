@@ -41,6 +41,8 @@ def seg_folders(shared_data: Path, tmp_path: Path) -> tuple[Path, Path]:
         if index == 2:
             labels[0, 0, 0] = 3  # a label the reference does not have
         nib.save(nib.Nifti1Image(labels, image.affine), pred / path.name)
+    (gt / "dataset.json").write_text("{}")  # MSD-style side files are not cases
+    (pred / "README.md").write_text("predictions of model A\n")
     return pred, gt
 
 

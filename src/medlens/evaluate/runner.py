@@ -125,8 +125,15 @@ def _case_name(path: Path) -> str:
     return path.name[: len(path.name) - len(suffix)] if suffix else path.name
 
 
-def list_cases(folder: Path, *, suffixes: Sequence[str] | None = None) -> dict[str, Path]:
-    """Case name -> path for the files (and DICOM sub-folders) in ``folder``, or one file."""
+def list_cases(
+    folder: Path, *, suffixes: Sequence[str] | None = None, folders: bool = False
+) -> dict[str, Path]:
+    """Case name -> path for the files in ``folder`` (or one file).
+
+    Args:
+        suffixes: keep only files with these suffixes (default: all files).
+        folders: also keep sub-folders (DICOM series) as cases.
+    """
     if not folder.exists():
         raise MedlensError("no such file or folder", path=folder, hint="check the path")
     if folder.is_file():
@@ -135,7 +142,10 @@ def list_cases(folder: Path, *, suffixes: Sequence[str] | None = None) -> dict[s
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
-        if suffixes is not None and full_suffix(path) not in suffixes:
+        if path.is_dir():
+            if not folders:
+                continue
+        elif suffixes is not None and full_suffix(path) not in suffixes:
             continue
         name = _case_name(path)
         if name in cases:
@@ -151,10 +161,10 @@ def list_cases(folder: Path, *, suffixes: Sequence[str] | None = None) -> dict[s
 
 
 def is_detection_input(gt: Path) -> bool:
-    """COCO json, or a folder of YOLO txt files, means detection."""
+    """A COCO json file, or a folder of YOLO txt files, means detection."""
     if gt.is_file():
         return gt.suffix.lower() in (".json", ".txt")
-    return gt.is_dir() and any(p.suffix.lower() in (".txt", ".json") for p in gt.iterdir())
+    return gt.is_dir() and any(p.suffix.lower() == ".txt" for p in gt.iterdir())
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -274,8 +284,12 @@ def evaluate_segmentation(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score every case, write metrics.csv, summary.json and report.html; return the summary."""
-    pred_cases = list_cases(pred_path)
-    gt_cases = list_cases(gt_path)
+    from medlens.io import DICOM_SUFFIXES, IMAGE_SUFFIXES
+
+    # images and DICOM series folders only: dataset.json, README etc. are not cases
+    suffixes = (*IMAGE_SUFFIXES, *DICOM_SUFFIXES)
+    pred_cases = list_cases(pred_path, suffixes=suffixes, folders=True)
+    gt_cases = list_cases(gt_path, suffixes=suffixes, folders=True)
     missing_prediction = sorted(set(gt_cases) - set(pred_cases))
     missing_reference = sorted(set(pred_cases) - set(gt_cases))
     rows: list[dict[str, Any]] = []
