@@ -117,6 +117,8 @@ def _is_truncated(dataset: Dataset, path: Path) -> bool:
 
 def _damaged(path: Path, dataset: Dataset | None) -> bool:
     """A DICOM file (DICM prefix) whose header cannot be parsed or stops early."""
+    if dataset is not None and "PixelData" in dataset:
+        return False  # the common case, decided without opening the file again
     if not _has_dicom_prefix(path):
         return False
     return dataset is None or ("PixelData" not in dataset and _is_truncated(dataset, path))
