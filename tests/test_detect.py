@@ -160,6 +160,33 @@ def test_coco_json_gives_the_same_boxes_as_yolo(stones: Path) -> None:
         np.testing.assert_allclose(a.boxes.xyxy, b.boxes.xyxy)
 
 
+def test_perfect_network_outputs_decode_back_to_the_augmented_labels(stones: Path) -> None:
+    """Targets, box encoding and decoding agree: an ideal network scores AP 1 and GIoU loss 0."""
+    import torch
+
+    from medlens.detect.augment import DetectionAugment
+    from medlens.detect.centernet import centernet_loss, decode, make_targets
+    from medlens.detect.metrics import average_precision
+
+    samples, _ = load_detection_data(stones, "train", names={0: "stone"})
+    augment, rng = DetectionAugment(input_size=256, crop_size=128), np.random.default_rng(0)
+    found, truth = [], []
+    for sample in samples * 3:
+        pixels, boxes = augment(sample.pixels, sample.boxes, rng)
+        target = make_targets(boxes, shape=pixels.shape, num_classes=1, stride=4)
+        ys, xs = np.mgrid[0 : pixels.shape[0] // 4, 0 : pixels.shape[1] // 4]
+        cx, cy, box = (xs + 0.5) * 4, (ys + 0.5) * 4, target["box"]
+        ltrb = np.stack([cx - box[0], cy - box[1], box[2] - cx, box[3] - cy]) / 4
+        heat = torch.from_numpy(target["heatmap"][None]).clamp(1e-6, 1 - 1e-6)
+        output = {"heatmap": torch.logit(heat), "ltrb": torch.from_numpy(ltrb[None]).float()}
+        targets = {k: torch.from_numpy(v[None]) for k, v in target.items()}
+        assert float(centernet_loss(output, targets)["giou"]) < 1e-4
+        found.append(decode(output, stride=4, score_threshold=0.99)[0])
+        truth.append(boxes)
+    assert sum(len(t) for t in truth) > 0
+    assert average_precision(found, truth) == pytest.approx(1.0)
+
+
 # --------------------------------------------------------------------------- training
 TRAIN_ARGS = [
     "--names",

@@ -1,8 +1,11 @@
-"""CenterNet training targets, loss and decoding (heatmap peaks -> boxes).
+"""CenterNet / TTFNet training targets, loss and decoding (heatmap peaks -> boxes).
 
 Each object is a Gaussian peak on the class heatmap at its centre (stride-4 cells), elliptic
-with sigma proportional to the box width/height (TTFNet-style, so thin and tiny boxes keep a
-sharp peak); size and sub-cell offset are regressed at the centre cell only.
+with sigma proportional to the box width/height (TTFNet, so thin and tiny boxes keep a sharp
+peak). Boxes are regressed either TTFNet-style (``"ltrb"``: every cell under the object's
+Gaussian predicts its distances to the four box edges, GIoU loss weighted by the Gaussian,
+each object's weights summing to 1) or CenterNet-style (``"size_offset"``: width/height and
+sub-cell offset at the centre cell only, L1).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ def make_targets(
     size = np.zeros((2, out_h, out_w), np.float32)
     offset = np.zeros((2, out_h, out_w), np.float32)
     mask = np.zeros((out_h, out_w), np.float32)
+    box_target = np.zeros((4, out_h, out_w), np.float32)  # x0, y0, x1, y1 in network pixels
+    box_weight = np.zeros((out_h, out_w), np.float32)
     ys, xs = np.mgrid[0:out_h, 0:out_w]
     # larger boxes first so a small box's regression target wins a shared cell
     order = np.argsort(-np.prod(boxes.size, axis=1)) if len(boxes) else []
@@ -39,7 +44,59 @@ def make_targets(
         size[:, iy, ix] = (x1 - x0, y1 - y0)
         offset[:, iy, ix] = (cx - ix, cy - iy)
         mask[iy, ix] = 1.0
-    return {"heatmap": heatmap, "size": size, "offset": offset, "mask": mask}
+        # TTFNet regression samples: cells under the Gaussian whose centre lies in the box
+        centres_x, centres_y = (xs + 0.5) * stride, (ys + 0.5) * stride
+        inside = (
+            (centres_x > x0 * stride)
+            & (centres_x < x1 * stride)
+            & (centres_y > y0 * stride)
+            & (centres_y < y1 * stride)
+        )
+        weight = np.where(inside, gauss, 0.0)
+        weight[iy, ix] = max(weight[iy, ix], 1.0)
+        weight = weight / weight.sum()
+        region = weight > 0
+        box_target[:, region] = (boxes.xyxy[index] * 1.0)[:, None]
+        box_weight[region] = weight[region]
+    return {
+        "heatmap": heatmap,
+        "size": size,
+        "offset": offset,
+        "mask": mask,
+        "box": box_target,
+        "box_weight": box_weight,
+    }
+
+
+def cell_boxes(ltrb: torch.Tensor, *, stride: int) -> torch.Tensor:
+    """(B, 4, H, W) edge distances in cells -> (B, 4, H, W) ``xyxy`` in network pixels."""
+    height, width = ltrb.shape[-2:]
+    ys = (torch.arange(height, device=ltrb.device, dtype=ltrb.dtype) + 0.5) * stride
+    xs = (torch.arange(width, device=ltrb.device, dtype=ltrb.dtype) + 0.5) * stride
+    distance = ltrb * stride
+    return torch.stack(
+        [
+            xs[None, None, :] - distance[:, 0],
+            ys[None, :, None] - distance[:, 1],
+            xs[None, None, :] + distance[:, 2],
+            ys[None, :, None] + distance[:, 3],
+        ],
+        dim=1,
+    )
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - generalised IoU of (N, 4) ``xyxy`` boxes."""
+    area_p = (pred[:, 2] - pred[:, 0]).clamp(min=0) * (pred[:, 3] - pred[:, 1]).clamp(min=0)
+    area_t = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    low = torch.maximum(pred[:, :2], target[:, :2])
+    high = torch.minimum(pred[:, 2:], target[:, 2:])
+    inter = (high - low).clamp(min=0).prod(dim=1)
+    union = area_p + area_t - inter
+    iou = inter / union.clamp(min=1e-6)
+    hull = torch.maximum(pred[:, 2:], target[:, 2:]) - torch.minimum(pred[:, :2], target[:, :2])
+    hull_area = hull.clamp(min=0).prod(dim=1)
+    return 1 - (iou - (hull_area - union) / hull_area.clamp(min=1e-6))
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -59,7 +116,21 @@ def centernet_loss(
     *,
     size_weight: float = 0.1,
     offset_weight: float = 1.0,
+    giou_weight: float = 5.0,
+    stride: int = 4,
 ) -> dict[str, torch.Tensor]:
+    if "ltrb" in output:
+        heat = focal_loss(output["heatmap"], targets["heatmap"])
+        weight = targets["box_weight"]
+        selected = weight > 0
+        count = targets["mask"].sum().clamp(min=1.0)
+        if selected.any():
+            pred = cell_boxes(output["ltrb"].float(), stride=stride).permute(0, 2, 3, 1)[selected]
+            target = targets["box"].permute(0, 2, 3, 1)[selected]
+            box = (giou_loss(pred, target) * weight[selected]).sum() / count
+        else:
+            box = output["ltrb"].sum() * 0.0
+        return {"loss": heat + giou_weight * box, "heatmap": heat, "giou": box}
     mask = targets["mask"].unsqueeze(1)
     count = mask.sum().clamp(min=1.0)
     heat = focal_loss(output["heatmap"], targets["heatmap"])
@@ -93,6 +164,11 @@ def decode(
         scores, index = scores[keep], index[keep]
         labels = index // (height * width)
         cell = index % (height * width)
+        if "ltrb" in output:
+            boxes = cell_boxes(output["ltrb"][b : b + 1].float(), stride=stride)[0]
+            xyxy = boxes.reshape(4, -1)[:, cell].T
+            results.append(Boxes(xyxy.cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy()))
+            continue
         ys, xs = (cell // width).float(), (cell % width).float()
         w = output["size"][b, 0].reshape(-1)[cell].float()
         h = output["size"][b, 1].reshape(-1)[cell].float()

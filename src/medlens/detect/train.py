@@ -48,6 +48,7 @@ class DetectTrainConfig:
     input_size: int = 384
     crop_size: int = 256
     width: int = 64
+    box_encoding: str = "ltrb"
     pretrained: bool = True
     init: Path | None = None
     max_iterations: int | None = None
@@ -170,15 +171,30 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         f"{len(val)} val images ({sum(len(s.boxes) for s in val)} boxes), classes {names}"
     )
 
-    params = {"num_classes": num_classes, "in_channels": 1, "width": config.width}
+    if config.resume:  # the architecture follows the checkpoint (older runs: size_offset)
+        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["config"]
+        config = dataclasses.replace(config, box_encoding=saved.get("box_encoding", "size_offset"))
+    params = {
+        "num_classes": num_classes,
+        "in_channels": 1,
+        "width": config.width,
+        "box_encoding": config.box_encoding,
+    }
     network = CenterNetDetector(pretrained=config.pretrained and config.init is None, **params)
     if config.init is not None:
         from medlens.models.zoo import load_model
 
-        initial, _ = load_model(config.init)
+        initial, init_card = load_model(config.init)
+        same_boxes = init_card.architecture["params"].get("box_encoding", "size_offset") == (
+            config.box_encoding
+        )
         own = network.state_dict()
         network.load_state_dict(
-            {k: v for k, v in initial.state_dict().items() if k in own and own[k].shape == v.shape},
+            {
+                k: v
+                for k, v in initial.state_dict().items()
+                if k in own and own[k].shape == v.shape and (same_boxes or "head_box" not in k)
+            },
             strict=False,
         )
     # channels-last convolutions train ~1.3x faster on CPU (oneDNN) and suit tensor cores
