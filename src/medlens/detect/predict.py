@@ -24,7 +24,8 @@ class Detector:
     """A trained network plus how to feed it.
 
     ``input_size``: long side in network pixels; ``conf``: minimum score kept;
-    ``nms_iou``: IoU above which a lower-scored box of the same class is dropped.
+    ``nms_iou``: IoU above which a lower-scored box of the same class is dropped;
+    ``flip_tta``: also run the mirrored image and average (2x the time).
     """
 
     network: torch.nn.Module
@@ -33,12 +34,23 @@ class Detector:
     nms_iou: float = 0.5
     max_objects: int = 100
     device: str = "cpu"
+    flip_tta: bool = False
 
-    @torch.no_grad()
     def __post_init__(self) -> None:
         # channels-last convolutions are ~1.3x faster on CPU (oneDNN)
         self.network.to(memory_format=torch.channels_last)
 
+    def _forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        output = self.network(batch)
+        if not self.flip_tta or "ltrb" not in output:
+            return output
+        # average with the left-right mirrored image (left/right distances swap)
+        mirrored = self.network(batch.flip(-1))
+        ltrb = mirrored["ltrb"].flip(-1)[:, [2, 1, 0, 3]]
+        heat = (torch.sigmoid(output["heatmap"]) + torch.sigmoid(mirrored["heatmap"].flip(-1))) / 2
+        return {"heatmap": torch.logit(heat, eps=1e-6), "ltrb": (output["ltrb"] + ltrb) / 2}
+
+    @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray], *, batch_size: int = 8) -> list[Boxes]:
         """Boxes in each image's own pixel coordinates (pixel-edge ``xyxy``)."""
         self.network.eval()
@@ -48,7 +60,7 @@ class Detector:
             boxed = [letterbox(pixels, self.input_size) for pixels in chunk]
             batch = normalise(np.stack([b[0] for b in boxed]))[:, None]
             batch = batch.to(self.device, memory_format=torch.channels_last)
-            output = self.network(batch)
+            output = self._forward(batch)
             decoded = decode(
                 output,
                 stride=OUTPUT_STRIDE,
