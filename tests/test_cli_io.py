@@ -114,6 +114,12 @@ def test_info_lists_the_series_of_a_study_folder(dicom_data: Path, capsys) -> No
         line = next(line for line in out.splitlines() if uid.SeriesInstanceUID in line)
         assert f"{files} files" in line and description in line
     assert "--series" in out
+    assert "shape" not in out  # no volume picked yet
+
+    t1post = pydicom.dcmread(next((study / "t1post").iterdir()), stop_before_pixels=True)
+    code, out, err = run(["info", study, "--series", t1post.SeriesInstanceUID], capsys)
+    assert code == 0, err
+    assert "(1, 512, 512, 22)" in out and "T1post" in out
 
 
 # ----------------------------------------------------------------------------- convert
