@@ -85,7 +85,7 @@ def test_mismatched_geometry_is_a_clear_error_and_resample_fixes_it(seg_folders,
     import SimpleITK as sitk
 
     pred, gt = seg_folders
-    name = sorted(p.name for p in pred.iterdir())[0]
+    name = sorted(p.name for p in pred.glob("*.nii.gz"))[0]
     image = sitk.ReadImage(str(pred / name))
     finer = sitk.Resample(
         image,
