@@ -81,3 +81,27 @@ def test_invalid_budget_is_a_user_error(shared_data: Path) -> None:
         make_private(
             model, None, kvasir_loader(shared_data, count=4), epsilon=0.0, delta=1e-5, epochs=1
         )
+
+
+def test_optimizer_is_rebuilt_with_its_settings_when_norm_layers_are_replaced(
+    shared_data: Path,
+) -> None:
+    from monai.networks.nets import UNet
+
+    model = UNet(
+        spatial_dims=2, in_channels=3, out_channels=1, channels=(4, 8), strides=(2,), norm="batch"
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    dp = make_private(
+        model,
+        optimizer,
+        kvasir_loader(shared_data, count=4, size=32),
+        epsilon=2.0,
+        delta=1e-3,
+        epochs=1,
+    )
+    rebuilt = dp.optimizer.original_optimizer
+    assert isinstance(rebuilt, torch.optim.AdamW)
+    assert rebuilt.defaults["lr"] == 2e-3 and rebuilt.defaults["weight_decay"] == 0.05
+    held = {id(p) for group in rebuilt.param_groups for p in group["params"]}
+    assert all(id(p) in held for p in dp.model.parameters())

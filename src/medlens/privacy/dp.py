@@ -77,7 +77,9 @@ def make_private(
     ``model`` may contain BatchNorm/InstanceNorm: they are replaced by GroupNorm, which
     creates new parameters, so pass ``optimizer=None`` (and ``learning_rate``) to get an Adam
     optimizer over the fixed model, or build your optimizer after calling
-    ``opacus.validators.ModuleValidator.fix`` yourself. ``delta`` should be below
+    ``opacus.validators.ModuleValidator.fix`` yourself. When norm layers are replaced, an
+    optimizer you pass is rebuilt (same class and settings) over the new parameters: create
+    learning-rate schedulers afterwards, on ``result.optimizer``. ``delta`` should be below
     1 / number of training samples.
     """
     from opacus import PrivacyEngine
@@ -94,7 +96,7 @@ def make_private(
         fixed = ModuleValidator.fix(model)
         if optimizer is not None and _optimizer_misses_parameters(optimizer, fixed):
             # the optimizer holds the old norm layers' parameters: rebuild it over the new ones
-            optimizer = type(optimizer)(fixed.parameters(), **optimizer.defaults)
+            optimizer = _rebuild_optimizer(optimizer, fixed)
         model = fixed
     remaining = ModuleValidator.validate(model, strict=False)
     if remaining:
@@ -126,6 +128,17 @@ def make_private(
         max_grad_norm=max_grad_norm,
         noise_multiplier=float(private_optimizer.noise_multiplier),
     )
+
+
+def _rebuild_optimizer(
+    optimizer: torch.optim.Optimizer, model: torch.nn.Module
+) -> torch.optim.Optimizer:
+    """Same optimizer class and settings over ``model``'s (new) parameters."""
+    import inspect
+
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return type(optimizer)(model.parameters(), **settings)
 
 
 def _optimizer_misses_parameters(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> bool:
