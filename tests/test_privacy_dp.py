@@ -71,6 +71,8 @@ def test_dp_training_reports_finite_epsilon_within_budget(shared_data: Path) -> 
     assert any(
         not torch.equal(a, b.detach()) for a, b in zip(before, dp.model.parameters(), strict=True)
     )
+    assert dp.normalization_replaced
+    assert not hasattr(dp.plain_model, "_module") and isinstance(dp.plain_model, UNet)
     summary = dp.summary()
     assert summary["dp_epsilon_spent"] == spent[-1] and summary["dp_delta"] == 1e-3
 

@@ -45,6 +45,14 @@ class DPTraining:
     delta: float
     max_grad_norm: float
     noise_multiplier: float
+    #: True when BatchNorm/InstanceNorm-with-running-stats layers were replaced by GroupNorm:
+    #: the saved architecture then differs from the one the model card would rebuild.
+    normalization_replaced: bool = False
+
+    @property
+    def plain_model(self) -> torch.nn.Module:
+        """The trained network without Opacus' per-sample-gradient wrapper (to save/export)."""
+        return getattr(self.model, "_module", self.model)
 
     def epsilon_spent(self) -> float:
         """Epsilon spent so far at the target delta (RDP accountant)."""
@@ -92,6 +100,7 @@ def make_private(
             hint="need epsilon > 0, 0 < delta < 1, epochs >= 1, max_grad_norm > 0",
         )
     errors = ModuleValidator.validate(model, strict=False)
+    replaced = bool(errors)
     if errors:
         fixed = ModuleValidator.fix(model)
         if optimizer is not None and _optimizer_misses_parameters(optimizer, fixed):
@@ -127,6 +136,7 @@ def make_private(
         delta=delta,
         max_grad_norm=max_grad_norm,
         noise_multiplier=float(private_optimizer.noise_multiplier),
+        normalization_replaced=replaced,
     )
 
 
