@@ -761,7 +761,9 @@ def predict(
     tta: Annotated[bool, typer.Option("--tta", help="Average over mirrored inputs.")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     series: SeriesOption = None,
-    batch_size: Annotated[int, typer.Option(help="Sliding-window patches per batch.")] = 4,
+    batch_size: Annotated[
+        int, typer.Option(help="Patches (or 2D frames) per network batch.")
+    ] = 8,
     postprocess: Annotated[
         bool, typer.Option(help="Largest connected component where the plan says so.")
     ] = True,

@@ -17,7 +17,6 @@ existing file (without ``overwrite``) stops the run before anything is written.
 from __future__ import annotations
 
 import dataclasses
-import time
 import warnings
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 
 from medlens.errors import MedlensError, MedlensWarning
 from medlens.image import Image
-from medlens.infer.segmentation import predict_image
+from medlens.infer.segmentation import predict_images
 from medlens.io.atomic import full_suffix, prepare_output
 from medlens.models.segmentation import SegmentationPlan
 
@@ -152,6 +151,26 @@ def _to_output_image(label: Image, plan: SegmentationPlan, output: Path) -> Imag
     return label
 
 
+def _write(
+    job: PredictionJob, image: Image, label: Image, plan: SegmentationPlan, *, overwrite: bool
+) -> list[Path]:
+    from medlens.io import write_image
+
+    if job.output.suffix.lower() == ".dcm":
+        if not np.any(label.numpy()):
+            names = ", ".join(plan.labels[k] for k in plan.labels if k)
+            warnings.warn(
+                f"{job.source}: no {names} found; no DICOM SEG written",
+                MedlensWarning,
+                stacklevel=3,
+            )
+            return []
+        write_image(label, job.output, overwrite=overwrite, reference=image)
+    else:
+        write_image(_to_output_image(label, plan, job.output), job.output, overwrite=overwrite)
+    return [job.output]
+
+
 def predict_paths(
     model: str | Path,
     source: str | Path,
@@ -161,49 +180,28 @@ def predict_paths(
     tta: bool = False,
     overwrite: bool = False,
     series: str | None = None,
-    batch_size: int = 4,
+    batch_size: int = 8,
     postprocess: bool = True,
     progress: bool = True,
 ) -> list[Path]:
     """Segment every input and write the label maps; returns the written paths."""
     from rich.progress import Progress
 
-    from medlens.io import write_image
-
-    started = time.perf_counter()
-    network, plan, card = load_segmenter(model, device=device)
+    network, plan, _ = load_segmenter(model, device=device)
     jobs = plan_jobs(Path(source), Path(output), plan, overwrite=overwrite)
     written: list[Path] = []
+    # 2D frames are read and segmented in groups that share network batches
+    group = max(1, batch_size) if plan.dims == 2 else 1
     with Progress(disable=not progress or len(jobs) < 2, transient=True) as bar:
         task = bar.add_task("segmenting", total=len(jobs))
-        for job in jobs:
-            image = _read_input(job, series)
-            label = predict_image(
-                network,
-                image,
-                plan,
-                device=device,
-                tta=tta,
-                batch_size=batch_size,
-                postprocess=postprocess,
-                path=job.source,
-            )
-            if job.output.suffix.lower() == ".dcm":
-                if not np.any(label.numpy()):
-                    warnings.warn(
-                        f"{job.source}: no {', '.join(plan.labels[k] for k in plan.labels if k)} "
-                        "found; no DICOM SEG written",
-                        MedlensWarning,
-                        stacklevel=2,
-                    )
-                    bar.advance(task)
-                    continue
-                write_image(label, job.output, overwrite=overwrite, reference=image)
-            else:
-                write_image(
-                    _to_output_image(label, plan, job.output), job.output, overwrite=overwrite
-                )
-            written.append(job.output)
-            bar.advance(task)
-    del card, started
+        for first in range(0, len(jobs), group):
+            chunk = jobs[first : first + group]
+            images = [_read_input(job, series) for job in chunk]
+            labels = predict_images(
+                network, images, plan, device=device, tta=tta, batch_size=batch_size,
+                postprocess=postprocess, paths=[job.source for job in chunk],
+            )  # fmt: skip
+            for job, image, label in zip(chunk, images, labels, strict=True):
+                written.extend(_write(job, image, label, plan, overwrite=overwrite))
+                bar.advance(task)
     return written

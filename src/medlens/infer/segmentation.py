@@ -48,15 +48,18 @@ def sliding_window_logits(
     tta: bool = False,
     amp: bool = False,
 ) -> torch.Tensor:
-    """Softmax probabilities ``(classes, *spatial)`` for a normalised ``(C, *spatial)`` array.
+    """Softmax probabilities ``(classes, *spatial)`` for a normalised ``(C, *spatial)`` array
+    (or ``(N, classes, ...)`` for a batch ``(N, C, ...)`` of same-size images).
 
     Windows of ``plan.patch_size`` are blended with Gaussian weights (MONAI's
-    ``sliding_window_inference``); ``tta`` averages over all mirrorings of the spatial axes.
+    ``sliding_window_inference``; windows of all batch images share the network batches);
+    ``tta`` averages over all mirrorings of the spatial axes.
     """
     from monai.inferers import sliding_window_inference
 
     device = array.device
-    inputs = array[None]
+    batched = array.ndim == plan.dims + 2
+    inputs = array if batched else array[None]
     axes = list(range(2, 2 + plan.dims))
     flips: list[tuple[int, ...]] = [()]
     if tta:
@@ -86,7 +89,7 @@ def sliding_window_logits(
             padding_mode="constant",
             cval=0.0,
         )
-    return probabilities[0]
+    return probabilities if batched else probabilities[0]
 
 
 def keep_largest_component(label: np.ndarray, values: list[int]) -> np.ndarray:
@@ -107,33 +110,28 @@ def keep_largest_component(label: np.ndarray, values: list[int]) -> np.ndarray:
     return label
 
 
-def predict_image(
-    network: torch.nn.Module,
+def _use_amp(device: torch.device, plan: SegmentationPlan) -> bool:
+    # bf16 on CPU pays off for the dense 3D convolutions only (depthwise 2D ones get slower)
+    return device.type == "cuda" or (
+        device.type == "cpu" and plan.network == "DynUNet" and cpu_bf16_supported()
+    )
+
+
+def _probabilities_to_label(
+    probabilities: torch.Tensor,
     image: Image,
     plan: SegmentationPlan,
     *,
-    device: str | torch.device = "cpu",
-    tta: bool = False,
-    batch_size: int = 4,
-    overlap: float = 0.5,
-    postprocess: bool = True,
-    path: Any = None,
+    postprocess: bool,
+    path: Any,
 ) -> Image:
-    """Label map of ``image`` on its own grid (same shape, spacing, origin, direction)."""
-    check_input(image, plan, path=path)
-    device = torch.device(device)
-    array = torch.from_numpy(image_to_network_array(image, plan)).to(device)
-    amp = device.type == "cuda" or (device.type == "cpu" and cpu_bf16_supported())
-    probabilities = sliding_window_logits(
-        network, array, plan, overlap=overlap, batch_size=batch_size, tta=tta, amp=amp
-    )
     source_shape = image.spatial_shape[: plan.dims]
     if tuple(probabilities.shape[1:]) != tuple(source_shape):
         # back to the source grid: interpolate probabilities, not labels
+        mode = "trilinear" if plan.dims == 3 else "bilinear"
         probabilities = torch.nn.functional.interpolate(
-            probabilities[None], size=source_shape, mode="trilinear", align_corners=False
+            probabilities[None], size=source_shape, mode=mode, align_corners=False
         )[0]
-    del array
     # argmax in slabs: a full int64 index volume would cost 8 bytes per voxel
     label_tensor = torch.empty(probabilities.shape[1:], dtype=torch.uint8)
     step = max(1, 2**24 // max(1, int(np.prod(probabilities.shape[1:-1]))))
@@ -154,6 +152,67 @@ def predict_image(
         labels={k: v for k, v in plan.labels.items() if k != 0},
         metadata={"source": str(path) if path is not None else ""},
     )
+
+
+def predict_image(
+    network: torch.nn.Module,
+    image: Image,
+    plan: SegmentationPlan,
+    *,
+    device: str | torch.device = "cpu",
+    tta: bool = False,
+    batch_size: int = 4,
+    overlap: float = 0.5,
+    postprocess: bool = True,
+    path: Any = None,
+) -> Image:
+    """Label map of ``image`` on its own grid (same shape, spacing, origin, direction)."""
+    check_input(image, plan, path=path)
+    device = torch.device(device)
+    array = torch.from_numpy(image_to_network_array(image, plan)).to(device)
+    probabilities = sliding_window_logits(
+        network, array, plan, overlap=overlap, batch_size=batch_size, tta=tta,
+        amp=_use_amp(device, plan),
+    )  # fmt: skip
+    del array
+    return _probabilities_to_label(probabilities, image, plan, postprocess=postprocess, path=path)
+
+
+def predict_images(
+    network: torch.nn.Module,
+    images: list[Image],
+    plan: SegmentationPlan,
+    *,
+    device: str | torch.device = "cpu",
+    tta: bool = False,
+    batch_size: int = 8,
+    overlap: float = 0.5,
+    postprocess: bool = True,
+    paths: list[Any] | None = None,
+) -> list[Image]:
+    """:func:`predict_image` for several images; same-size ones share network batches
+    (2D frames: one forward pass for ``batch_size`` frames)."""
+    paths = paths or [None] * len(images)
+    device = torch.device(device)
+    results: list[Image | None] = [None] * len(images)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    arrays = []
+    for index, (image, path) in enumerate(zip(images, paths, strict=True)):
+        check_input(image, plan, path=path)
+        arrays.append(torch.from_numpy(image_to_network_array(image, plan)))
+        groups.setdefault(tuple(arrays[-1].shape), []).append(index)
+    for indices in groups.values():
+        stacked = torch.stack([arrays[i] for i in indices]).to(device)
+        probabilities = sliding_window_logits(
+            network, stacked, plan, overlap=overlap, batch_size=batch_size, tta=tta,
+            amp=_use_amp(device, plan),
+        )  # fmt: skip
+        for row, index in enumerate(indices):
+            results[index] = _probabilities_to_label(
+                probabilities[row], images[index], plan, postprocess=postprocess,
+                path=paths[index],
+            )  # fmt: skip
+    return results  # type: ignore[return-value]
 
 
 def dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: list[int]) -> list[float]:
