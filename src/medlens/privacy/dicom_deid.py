@@ -354,9 +354,17 @@ class DicomDeidentifier:
         frames = pixels.reshape((-1, *pixels.shape[-3 if color else -2 :]))
         # detection on the brightest projection over frames (text is static on captures)
         projection = frames.max(axis=0)
-        for box in detect_text_boxes(to_gray(projection) if color else projection):
+        gray = to_gray(projection) if color else projection
+        for box in detect_text_boxes(gray):
             boxes.append(box)
             audit.pixel_regions.append({"source": "detected", "box": list(box)})
+        if not boxes and flagged:
+            # flagged but no bright text: look for dark text on a bright background
+            darkest = to_gray(frames.min(axis=0)) if color else frames.min(axis=0)
+            inverted = darkest.max() - darkest
+            for box in detect_text_boxes(inverted):
+                boxes.append(box)
+                audit.pixel_regions.append({"source": "detected (dark text)", "box": list(box)})
         if not boxes:
             if flagged:
                 raise BurnedInRefused(
