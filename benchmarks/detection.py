@@ -3,7 +3,9 @@
 Speed: end-to-end images/s of ``medlens.detect.predict.Detector`` (letterbox, network,
 heatmap decoding, NMS) on the real 512x512 validation slices of ../shared/data/kidney-stones,
 with 1 and 2 torch threads, batch 1 and 8. As a peer, MONAI's RetinaNet (``monai.apps.detection``,
-ResNet-18 + FPN, 3 anchors, 1 input channel) runs its *network forward only* (no anchor
+ResNet-18 + FPN, 3 anchors, 1 input channel; the feature extractor is rebuilt from MONAI's
+resnet18 and FeaturePyramidNetwork because MONAI's helper needs torchvision) runs its
+*network forward only* (no anchor
 decoding, no NMS) on the same 512x512 inputs in the same subprocess setting, so the ratio is
 a lower bound of our advantage. Each configuration runs in a fresh subprocess: peak memory is
 that process's peak RSS (VmHWM) minus its RSS after loading the model.
@@ -76,20 +78,43 @@ def child(kind: str, threads: int, batch: int, count: int, device: str, model: s
                 torch.cuda.synchronize()
 
     else:
-        from monai.apps.detection.networks.retinanet_network import (
-            RetinaNet,
-            resnet_fpn_feature_extractor,
+        from collections import OrderedDict
+
+        from monai.apps.detection.networks.retinanet_network import RetinaNet
+        from monai.networks.blocks.feature_pyramid_network import (
+            FeaturePyramidNetwork,
+            LastLevelMaxPool,
         )
         from monai.networks.nets import resnet
 
-        backbone = resnet.resnet18(spatial_dims=2, n_input_channels=1, conv1_t_stride=2)
-        extractor = resnet_fpn_feature_extractor(backbone, 2, False, [1, 2], None)
+        class ResNetFPN(torch.nn.Module):
+            """MONAI's resnet_fpn_feature_extractor(resnet18, returned_layers=[1, 2]) without
+            its torchvision IntermediateLayerGetter (torchvision is not allowed here)."""
+
+            out_channels = 256
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.body = resnet.resnet18(spatial_dims=2, n_input_channels=1, conv1_t_stride=2)
+                self.fpn = FeaturePyramidNetwork(
+                    spatial_dims=2,
+                    in_channels_list=[64, 128],
+                    out_channels=256,
+                    extra_blocks=LastLevelMaxPool(2),
+                )
+
+            def forward(self, x: torch.Tensor) -> dict:
+                b = self.body
+                x = b.maxpool(b.act(b.bn1(b.conv1(x))))
+                first = b.layer1(x)
+                return self.fpn(OrderedDict([("1", first), ("2", b.layer2(first))]))
+
         network = (
             RetinaNet(
                 spatial_dims=2,
                 num_classes=1,
                 num_anchors=3,
-                feature_extractor=extractor,
+                feature_extractor=ResNetFPN(),
                 size_divisible=32,
             )
             .to(device)
@@ -255,7 +280,9 @@ def write_report(args, runs, quality, paused, load, load_after, devices) -> None
         "## Speed (images/s at 512x512, real validation slices)",
         "",
         "medlens = end-to-end (letterbox + network + decode + NMS); MONAI RetinaNet = network "
-        "forward only (ResNet-18 FPN, untrained: speed does not depend on weights).",
+        "forward only (ResNet-18 FPN, untrained: speed does not depend on weights). MONAI's "
+        "RetinaNet helper `resnet_fpn_feature_extractor` imports torchvision, so MONAI detection "
+        "cannot be trained here as shipped; this is why medlens has its own detector.",
         "",
         "| device | threads | batch | medlens img/s | MONAI RetinaNet img/s | ratio | "
         "medlens peak MiB over model | RetinaNet peak MiB |",
