@@ -85,6 +85,10 @@ class CTWindow(Transform):
         return image.with_array(values)
 
 
+#: from this many voxels on, numpy arrays are normalised with torch (multi-threaded)
+_TORCH_MIN_VOXELS = 2_000_000
+
+
 def _foreground(values, threshold: float | None):
     return values > (values.min() if threshold is None else threshold)
 
@@ -114,15 +118,22 @@ class ZScore(Transform):
                 mask = _foreground(image.array, self.threshold).any(dim=0, keepdim=True)
             return image.with_array(torch_ops.z_score(image.array, mask))
         values = float_array(image)
+        mask = _foreground(values, self.threshold).any(axis=0) if self.foreground_only else None
+        if values.size < _TORCH_MIN_VOXELS:
+            # small images: numpy (float64 statistics); torch's thread start-up would dominate
+            out = np.empty(values.shape, np.float32)
+            for channel, data in enumerate(values):
+                selected = data[mask] if mask is not None else data
+                mean, std = selected.mean(dtype=np.float64), selected.std(dtype=np.float64)
+                out[channel] = (data - mean) / (std if std > 0 else 1.0)
+            return image.with_array(out)
         if any(stride < 0 for stride in values.strides):
             values = np.ascontiguousarray(values)
-        # the torch implementation on the numpy memory (no copy): multi-threaded reductions,
-        # no float64 temporaries
+        # large images: the torch implementation on the numpy memory (no copy): multi-threaded
+        # reductions, no float64 temporaries
         tensor = torch.from_numpy(values)
-        mask = None
-        if self.foreground_only:
-            mask = _foreground(tensor, self.threshold).any(dim=0, keepdim=True)
-        out = torch_ops.z_score(tensor, mask).numpy()
+        torch_mask = None if mask is None else torch.from_numpy(mask)[None]
+        out = torch_ops.z_score(tensor, torch_mask).numpy()
         return image.with_array(out)
 
 
