@@ -368,6 +368,17 @@ def background_pids() -> list[int]:
     return [int(p) for p in found.stdout.split() if int(p) != os.getpid()]
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process and children)."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    mine = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return (sum(fields) - idle) / ticks, mine
+
+
 def signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -388,6 +399,8 @@ def main() -> None:
     pids = background_pids()
     signal_all(pids, signal.SIGSTOP)
     load_before = os.getloadavg()
+    busy_before, mine_before = cpu_seconds()
+    wall_before = time.perf_counter()
     try:
         paths = sorted((DATA / "imagesTr").glob("*.nii.gz"))
         if args.quick:
@@ -415,12 +428,30 @@ def main() -> None:
     finally:
         signal_all(pids, signal.SIGCONT)
     load_after = os.getloadavg()
+    busy_after, mine_after = cpu_seconds()
+    wall = time.perf_counter() - wall_before
+    # share of the machine's CPU capacity used by OTHER processes while we measured
+    others = max(0.0, (busy_after - busy_before) - (mine_after - mine_before))
+    other_share = others / (wall * (os.cpu_count() or 1))
     write_report(
-        args.out, hippo, ct, aug3d, aug2d, paths, gpu, pids, load_before, load_after, args.quick
+        args.out,
+        hippo,
+        ct,
+        aug3d,
+        aug2d,
+        paths,
+        gpu,
+        pids,
+        load_before,
+        load_after,
+        args.quick,
+        other_share,
     )
 
 
-def write_report(out, hippo, ct, aug3d, aug2d, paths, gpu, pids, load_before, load_after, quick):
+def write_report(
+    out, hippo, ct, aug3d, aug2d, paths, gpu, pids, load_before, load_after, quick, other_share
+):
     from medlens.preprocess.atomic_text import write_text_atomic
 
     def ratio(value, base):
@@ -434,13 +465,15 @@ def write_report(out, hippo, ct, aug3d, aug2d, paths, gpu, pids, load_before, lo
         f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU cores, torch {torch.__version__} with 2 threads, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}.",
-        f"Load average before/after (1 min): {load_before[0]:.2f} / {load_after[0]:.2f}; "
-        f"background training processes paused: {len(pids)}. "
+        f"Load average before/after (1 min, lags by a minute): {load_before[0]:.2f} / "
+        f"{load_after[0]:.2f}; background training processes paused (SIGSTOP by pid): "
+        f"{len(pids)}. Other processes used {100 * other_share:.0f}% of the machine's CPU "
+        "capacity while this ran (from /proc/stat minus this process and its children): "
         + (
-            "**The machine was idle.**"
-            if load_before[0] < 1.0
-            else "**The machine was NOT idle** (other users' jobs were running; all libraries "
-            "share the same conditions in this one run, but absolute numbers are pessimistic)."
+            "**the machine was effectively idle.**"
+            if other_share < 0.1
+            else "**the machine was NOT idle**; all libraries ran under the same conditions "
+            "in this one run, so compare the ratios; absolute numbers are pessimistic."
         ),
         "",
         f"## 1a. load -> RAS -> 1 mm -> z-score -> crop foreground, {len(paths)} hippocampus cases",
