@@ -510,3 +510,10 @@ def test_cli_preprocess_single_frame_with_endoscopy_preset(kvasir_frame, tmp_pat
         "specular_inpaint",
         "gray_world",
     ]
+
+
+def test_z_score_inside_the_label_mask(case) -> None:
+    image, label = case
+    out, _ = Pipeline([ZScore(label_mask=True)])(image, label=label)
+    inside = out.numpy()[0][label.numpy()[0] > 0]
+    assert abs(float(inside.mean())) < 1e-4 and abs(float(inside.std()) - 1) < 1e-4

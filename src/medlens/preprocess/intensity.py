@@ -103,6 +103,8 @@ class ZScore(Transform):
             ``threshold``; default threshold = image minimum, e.g. the zero background of
             skull-stripped MRI). All voxels are normalised either way.
         threshold: foreground threshold (image units).
+        label_mask: in a pipeline run with ``label=``, compute the statistics inside the
+            label map's foreground (``label > 0``) instead (e.g. an organ or brain mask).
 
     Output float32, mean 0 and std 1 over the chosen voxels. Torch tensors use
     :func:`~medlens.preprocess.torch_ops.z_score` (same result to ~1e-5).
@@ -110,6 +112,31 @@ class ZScore(Transform):
 
     foreground_only: bool = False
     threshold: float | None = None
+    label_mask: bool = False
+
+    def apply_pair(self, image: Image, label: Image) -> tuple[Image, Image]:
+        if not self.label_mask:
+            return super().apply_pair(image, label)
+        if not image.same_grid(label):
+            raise MedlensError(
+                "z_score label_mask needs the label on the image grid",
+                path=label.metadata.get("path"),
+            )
+        from medlens.preprocess.base import record, same_kind
+
+        mask = np.asarray(label.numpy()[0] > 0)
+        if not mask.any():
+            raise MedlensError(
+                "z_score label_mask: the label map is empty", path=label.metadata.get("path")
+            )
+        values = float_array(image)
+        out = np.empty(values.shape, np.float32)
+        for channel, data in enumerate(values):
+            selected = data[mask]
+            mean, std = selected.mean(dtype=np.float64), selected.std(dtype=np.float64)
+            out[channel] = (data - mean) / (std if std > 0 else 1.0)
+        result = same_kind(image.with_array(out), image)
+        return record(result, self, seconds=0.0), self.labelled(label)
 
     def apply(self, image: Image) -> Image:
         if isinstance(image.array, torch.Tensor):
