@@ -240,3 +240,17 @@ def test_one_grid_sample_per_tensor_per_batch(monkeypatch, hippocampus_batch) ->
     )
     augment(images[:, :, :40, :40, :40], labels[:, :, :40, :40, :40])
     assert calls == ["bilinear", "nearest"]
+
+
+def test_augment_settings_round_trip_through_plain_values() -> None:
+    import yaml
+
+    augment = Augment.default(spatial_dims=3)
+    loaded = Augment.from_dict(yaml.safe_load(yaml.safe_dump(augment.to_dict())))
+    assert loaded == augment
+    images = torch.rand(2, 1, 12, 12, 12)
+    first = augment(images, generator=torch.Generator().manual_seed(3))[0]
+    second = loaded(images, generator=torch.Generator().manual_seed(3))[0]
+    assert torch.equal(first, second)
+    with pytest.raises(MedlensError, match="unknown spatial"):
+        Augment.from_dict({"spatial": {"spatial_dims": 3, "rotate": 5}})

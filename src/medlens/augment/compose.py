@@ -66,6 +66,33 @@ class Augment:
             ),
         )
 
+    def to_dict(self) -> dict:
+        """Plain values (for model cards / YAML): ``{"spatial": {...}, "intensity": {...}}``."""
+        return {
+            "spatial": None if self.spatial is None else dataclasses.asdict(self.spatial),
+            "intensity": None if self.intensity is None else dataclasses.asdict(self.intensity),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Augment:
+        """Inverse of :meth:`to_dict`; unknown options are a clear error."""
+        parts = {}
+        for key, part_cls in (("spatial", SpatialAugment), ("intensity", IntensityAugment)):
+            options = (data or {}).get(key)
+            if options is None:
+                parts[key] = None
+                continue
+            valid = {f.name for f in dataclasses.fields(part_cls)}
+            unknown = sorted(set(options) - valid)
+            if unknown:
+                raise MedlensError(
+                    f"unknown {key} augmentation option(s) {', '.join(unknown)}",
+                    hint=f"valid: {', '.join(sorted(valid))}",
+                )
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+            parts[key] = part_cls(**values)
+        return cls(**parts)
+
     def __call__(
         self,
         images: torch.Tensor,
