@@ -762,7 +762,7 @@ def predict(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     series: SeriesOption = None,
     batch_size: Annotated[
-        int, typer.Option(help="Patches (or 2D frames) per network batch.")
+        int, typer.Option(help="Sliding-window patches per network batch.")
     ] = 8,
     postprocess: Annotated[
         bool, typer.Option(help="Largest connected component where the plan says so.")

@@ -69,6 +69,8 @@ def sliding_window_logits(
         flips.insert(0, ())
 
     def predictor(patch: torch.Tensor) -> torch.Tensor:
+        if patch.ndim == 4:
+            patch = patch.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
             total = None
             for flip in flips:
