@@ -144,7 +144,7 @@ def test_k_fold_split_and_transfer_learning(
     code = train(
         examples / "hippocampus", tmp_path / "fold1", "--iterations", "1", "--batch-size", "2",
         "--fold", "1", "--folds", "4", "--init", str(hippocampus_run / "model"),
-        "--freeze-encoder-epochs", "1",
+        "--freeze-encoder-epochs", "1", "--augment", "medlens",
     )  # fmt: skip
     assert code == 0
     split = json.loads((tmp_path / "fold1" / "split.json").read_text())

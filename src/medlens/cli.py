@@ -363,6 +363,9 @@ def train_seg(
     pretrained: Annotated[
         bool, typer.Option(help="Lite0UNet: start the encoder from ImageNet weights.")
     ] = True,
+    augment: Annotated[
+        str, typer.Option(help="builtin (flips, rotation, intensity) or medlens (medlens.augment).")
+    ] = "builtin",
     tag: Annotated[
         str | None, typer.Option(help="Free text marker in the command line (e.g. for pkill).")
     ] = None,
@@ -405,6 +408,7 @@ def train_seg(
         label_names=parse_label_names(labels),
         network=network,
         pretrained=pretrained,
+        augment=augment,
     )
     best = train_segmentation(config)
     import os

@@ -85,6 +85,7 @@ class TrainConfig:
     progress: bool = True
     network: str = "auto"
     pretrained: bool = True
+    augment: str = "builtin"
 
 
 # --------------------------------------------------------------------------- split
@@ -664,8 +665,12 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 if amp and device.type == "cpu"
                 else ("fp16 AMP" if amp else "fp32"),
                 "device": str(device),
-                "augmentation": "augment_batch: mirror, rotation, scale, "
-                "brightness, contrast, gamma, noise",
+                "augmentation": (
+                    "medlens.augment.Augment.default"
+                    if config.augment == "medlens"
+                    else "medlens.train.segmentation.augment_batch: mirror, rotation, scale, "
+                    "brightness, contrast, gamma, noise"
+                ),
                 "seconds": round(elapsed(), 1),
                 "init": config.init
                 or (
@@ -679,6 +684,13 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         save_model(network, model_out, card)
         _write_json(out / "best_metrics.json", {"step": step, **metrics})
 
+    medlens_augment = None
+    if config.augment == "medlens":
+        from medlens.augment import Augment
+
+        medlens_augment = Augment.default(spatial_dims=plan.dims)
+    elif config.augment != "builtin":
+        raise MedlensError(f"unknown --augment '{config.augment}'", hint="builtin or medlens")
     network.train()
     frozen = False
     if freeze_until > start_step:
@@ -704,7 +716,12 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 rng,
                 config.foreground_fraction,
             )
-            images, labels = _augment(images.to(device), labels.to(device), torch_generator)
+            if medlens_augment is not None:
+                images, labels = medlens_augment(
+                    images.to(device), labels.to(device), generator=torch_generator
+                )
+            else:
+                images, labels = _augment(images.to(device), labels.to(device), torch_generator)
             optimizer.zero_grad(set_to_none=True)
             from medlens.infer.segmentation import _autocast
 
