@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import shlex
 import sys
@@ -216,6 +217,13 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
     history: list[dict[str, float]] = []
     start_epoch = 0
     best = -1.0
+    existing = model_out / "model.json"
+    if existing.is_file() and not config.resume:
+        # never replace a better model already in --model-out (e.g. the shipped one)
+        previous = json.loads(existing.read_text()).get("metrics", {}).get("val_ap50")
+        if previous is not None:
+            best = float(previous)
+            log(f"{existing} holds a model with val AP50 {best:.4f}: replaced only if beaten")
     if config.resume:
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         network.load_state_dict(state["model"])
