@@ -51,8 +51,11 @@ class Detector:
         return {"heatmap": torch.logit(heat, eps=1e-6), "ltrb": (output["ltrb"] + ltrb) / 2}
 
     @torch.no_grad()
-    def __call__(self, images: Sequence[np.ndarray], *, batch_size: int = 8) -> list[Boxes]:
-        """Boxes in each image's own pixel coordinates (pixel-edge ``xyxy``)."""
+    def __call__(self, images: Sequence[np.ndarray], *, batch_size: int = 1) -> list[Boxes]:
+        """Boxes in each image's own pixel coordinates (pixel-edge ``xyxy``).
+
+        Batch 1 is the default: on CPU it measured ~2x faster per image than batch 8.
+        """
         self.network.eval()
         results: list[Boxes] = []
         for start in range(0, len(images), batch_size):
