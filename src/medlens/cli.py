@@ -366,6 +366,10 @@ def train_seg(
     augment: Annotated[
         str, typer.Option(help="builtin (flips, rotation, intensity) or medlens (medlens.augment).")
     ] = "builtin",
+    mirror_axes: Annotated[
+        str | None,
+        typer.Option(help="Spatial axes to mirror in training and TTA, e.g. 0,1 (default all)."),
+    ] = None,
     tag: Annotated[
         str | None, typer.Option(help="Free text marker in the command line (e.g. for pkill).")
     ] = None,
@@ -409,6 +413,7 @@ def train_seg(
         network=network,
         pretrained=pretrained,
         augment=augment,
+        mirror_axes=_int_list(mirror_axes, "--mirror-axes"),
     )
     best = train_segmentation(config)
     import os

@@ -53,14 +53,15 @@ def sliding_window_logits(
 
     Windows of ``plan.patch_size`` are blended with Gaussian weights (MONAI's
     ``sliding_window_inference``; windows of all batch images share the network batches);
-    ``tta`` averages over all mirrorings of the spatial axes.
+    ``tta`` averages over all mirrorings of the plan's ``mirror_axes``.
     """
     from monai.inferers import sliding_window_inference
 
     device = array.device
     batched = array.ndim == plan.dims + 2
     inputs = array if batched else array[None]
-    axes = list(range(2, 2 + plan.dims))
+    mirrored = range(plan.dims) if plan.mirror_axes is None else plan.mirror_axes
+    axes = [axis + 2 for axis in mirrored]  # only mirrorings the network was trained on
     flips: list[tuple[int, ...]] = [()]
     if tta:
         flips = [

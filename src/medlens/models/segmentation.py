@@ -53,6 +53,8 @@ class SegmentationPlan:
     largest_component: list[int] = dataclasses.field(default_factory=list)
     modality: str = ""
     network: str = "DynUNet"
+    #: spatial axes mirrored in training (and so in test-time augmentation); None = all
+    mirror_axes: list[int] | None = None
 
     @property
     def num_classes(self) -> int:

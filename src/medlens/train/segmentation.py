@@ -86,6 +86,7 @@ class TrainConfig:
     network: str = "auto"
     pretrained: bool = True
     augment: str = "builtin"
+    mirror_axes: list[int] | None = None
 
 
 # --------------------------------------------------------------------------- split
@@ -210,11 +211,15 @@ def sample_batch(
 
 # --------------------------------------------------------------------------- augmentation
 def augment_batch(
-    images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    mirror_axes: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched torch augmentation (flips, rotation/scale, intensity) on any device.
 
-    Used when :mod:`medlens.augment` is not available: mirror every spatial axis with p=0.5,
+    The default of ``medlens train seg``: mirror each of ``mirror_axes`` (spatial axes,
+    0 = i; default all) with p=0.5,
     rotate (+-15 degrees in each plane) and scale (0.85-1.15) with p=0.3 through one
     ``grid_sample`` (linear for images, nearest for labels), brightness (x0.85-1.15),
     contrast, gamma (0.7-1.5, p=0.3) and Gaussian noise (p=0.15), per sample.
@@ -258,12 +263,12 @@ def augment_batch(
         keep = apply.view(-1, *([1] * (dims + 1)))
         images = torch.where(keep, warped, images)
         labels = torch.where(keep, warped_labels, labels)
-    # mirroring, per sample and axis
-    for axis in range(2, 2 + dims):
+    # mirroring, per sample and spatial axis (tensor dim = spatial axis + 2)
+    for axis in range(dims) if mirror_axes is None else mirror_axes:
         flip = rand(batch) < 0.5
         if bool(flip.any()):
-            images[flip] = images[flip].flip(axis - 1)
-            labels[flip] = labels[flip].flip(axis - 1)
+            images[flip] = images[flip].flip(axis + 2)
+            labels[flip] = labels[flip].flip(axis + 2)
     # intensity, per sample
     shape = (batch,) + (1,) * (dims + 1)
     images = images * (0.85 + 0.3 * rand(batch)).view(shape)
@@ -285,9 +290,12 @@ def augment_batch(
 
 
 def _augment(
-    images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    mirror_axes: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return augment_batch(images, labels, generator)
+    return augment_batch(images, labels, generator, mirror_axes)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -524,6 +532,10 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         )
     if config.batch_size:
         plan.batch_size = config.batch_size
+    if config.mirror_axes is not None:
+        if any(not 0 <= a < plan.dims for a in config.mirror_axes):
+            raise MedlensError(f"--mirror-axes {config.mirror_axes} outside 0..{plan.dims - 1}")
+        plan.mirror_axes = list(config.mirror_axes)
     if is_main:
         _write_json(out / "plan.json", plan.to_dict())
         _write_json(out / "fingerprint.json", fingerprint_dict)
@@ -721,7 +733,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     images.to(device), labels.to(device), generator=torch_generator
                 )
             else:
-                images, labels = _augment(images.to(device), labels.to(device), torch_generator)
+                images, labels = _augment(
+                    images.to(device), labels.to(device), torch_generator, plan.mirror_axes
+                )
             optimizer.zero_grad(set_to_none=True)
             from medlens.infer.segmentation import _autocast
 
