@@ -225,3 +225,19 @@ def test_predict_refuses_wrong_inputs(
     assert run_cli(["predict", hippo, str(two_series), str(tmp_path / "e.dcm")]) == 2
     assert "--series" in capsys.readouterr().err
     assert not any(p.name.startswith(("a.", "b.", "c.", "d.", "e.")) for p in tmp_path.iterdir())
+
+
+def test_augmentation_moves_image_and_label_together() -> None:
+    from medlens.train.segmentation import augment_batch
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.zeros(8, 1, 24, 32, 16, dtype=torch.long)
+    labels[:, :, 2:10, 4:20, 1:6] = 1  # an off-centre block: any mirroring moves it
+    images = labels.float()
+    out_images, out_labels = augment_batch(images.clone(), labels.clone(), generator, [0, 1, 2])
+    assert set(out_labels.unique().tolist()) <= {0, 1}
+    for image, label in zip(out_images, out_labels, strict=True):
+        correlation = torch.corrcoef(torch.stack([image.flatten(), label.float().flatten()]))
+        assert correlation[0, 1] > 0.8  # intensity changes, but the block stays on the label
+    moved = (out_labels != labels).flatten(1).any(dim=1)
+    assert moved.any()
