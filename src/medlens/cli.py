@@ -373,6 +373,16 @@ def train_seg(
     tag: Annotated[
         str | None, typer.Option(help="Free text marker in the command line (e.g. for pkill).")
     ] = None,
+    dp_epsilon: Annotated[
+        float | None,
+        typer.Option(help="Differential privacy (Opacus DP-SGD): total epsilon budget."),
+    ] = None,
+    dp_delta: Annotated[
+        float | None, typer.Option(help="DP delta (default 0.1 / number of training cases).")
+    ] = None,
+    dp_max_grad_norm: Annotated[
+        float, typer.Option(help="DP per-sample gradient clipping norm.")
+    ] = 1.0,
 ) -> None:
     """Plan from the data (2D/3D, spacing, normalisation, patch, network) and train a segmenter.
 
@@ -414,6 +424,9 @@ def train_seg(
         pretrained=pretrained,
         augment=augment,
         mirror_axes=_int_list(mirror_axes, "--mirror-axes"),
+        dp_epsilon=dp_epsilon,
+        dp_delta=dp_delta,
+        dp_max_grad_norm=dp_max_grad_norm,
     )
     best = train_segmentation(config)
     import os
@@ -770,9 +783,7 @@ def predict(
     tta: Annotated[bool, typer.Option("--tta", help="Average over mirrored inputs.")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     series: SeriesOption = None,
-    batch_size: Annotated[
-        int, typer.Option(help="Sliding-window patches per network batch.")
-    ] = 8,
+    batch_size: Annotated[int, typer.Option(help="Sliding-window patches per network batch.")] = 8,
     postprocess: Annotated[
         bool, typer.Option(help="Largest connected component where the plan says so.")
     ] = True,

@@ -69,6 +69,60 @@ class DPTraining:
         }
 
 
+def _transposed_conv_grad_sample(
+    layer: torch.nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[torch.nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of a transposed convolution whose kernel equals its stride.
+
+    That is the up-sampling layer of U-Nets (MONAI DynUNet, UNet): every output voxel gets
+    exactly one input voxel, so ``y[o, s*i + a] = sum_c x[c, i] * W[c, o, a] + b[o]`` and the
+    per-sample weight gradient is one einsum. Opacus ships no sampler for transposed
+    convolutions; other settings are refused rather than computed wrongly.
+    """
+    inputs = activations[0].to(backprops.dtype)
+    dims = inputs.dim() - 2
+    kernel, stride = tuple(layer.kernel_size), tuple(layer.stride)
+    if (
+        kernel != stride
+        or any(layer.padding)
+        or any(layer.output_padding)
+        or layer.groups != 1
+        or any(d != 1 for d in layer.dilation)
+    ):
+        raise MedlensError(
+            f"DP-SGD supports transposed convolutions with kernel == stride only, got "
+            f"kernel {kernel}, stride {stride}",
+            hint="use a network whose up-sampling kernel equals its stride",
+        )
+    batch, out_channels = backprops.shape[:2]
+    # (B, O, D*s, H*s, W*s) -> (B, O, D, s, H, s, W, s)
+    split_shape = [batch, out_channels]
+    for size, step in zip(inputs.shape[2:], stride, strict=True):
+        split_shape += [size, step]
+    grads = backprops.reshape(split_shape)
+    letters = "dhw"[:dims] if dims <= 3 else None
+    if letters is None:
+        raise MedlensError("DP-SGD transposed convolutions support 1D to 3D")
+    kernel_letters = "xyz"[:dims]
+    grad_spec = "bo" + "".join(f"{sp}{k}" for sp, k in zip(letters, kernel_letters, strict=True))
+    weight_grad = torch.einsum(f"bc{letters},{grad_spec}->bco{kernel_letters}", inputs, grads)
+    result = {layer.weight: weight_grad}
+    if layer.bias is not None and layer.bias.requires_grad:
+        result[layer.bias] = backprops.sum(dim=tuple(range(2, backprops.dim())))
+    return result
+
+
+def _register_transposed_conv_samplers() -> None:
+    from opacus.grad_sample import GradSampleModule
+
+    for layer_type in (
+        torch.nn.ConvTranspose1d,
+        torch.nn.ConvTranspose2d,
+        torch.nn.ConvTranspose3d,
+    ):
+        GradSampleModule.GRAD_SAMPLERS.setdefault(layer_type, _transposed_conv_grad_sample)
+
+
 def make_private(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
@@ -99,6 +153,7 @@ def make_private(
             f"max_grad_norm={max_grad_norm})",
             hint="need epsilon > 0, 0 < delta < 1, epochs >= 1, max_grad_norm > 0",
         )
+    _register_transposed_conv_samplers()
     errors = ModuleValidator.validate(model, strict=False)
     replaced = bool(errors)
     if errors:

@@ -87,6 +87,9 @@ class TrainConfig:
     pretrained: bool = True
     augment: str = "builtin"
     mirror_axes: list[int] | None = None
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_max_grad_norm: float = 1.0
 
 
 # --------------------------------------------------------------------------- split
@@ -207,6 +210,44 @@ def sample_batch(
         images.append(case.image[(slice(None), *region)])
         labels.append(case.label[region])
     return torch.stack(images).float(), torch.stack(labels)[:, None].long()
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """One random patch per training case and visit, for loaders that need a dataset.
+
+    DP-SGD (Opacus) samples cases with a Poisson sampler over such a dataset, which is what
+    its privacy accounting assumes; the plain trainer samples patches with ``sample_batch``.
+    """
+
+    def __init__(
+        self,
+        cases: list[LoadedCase],
+        patch: list[int],
+        *,
+        foreground_fraction: float,
+        seed: int,
+    ) -> None:
+        self.cases = cases
+        self.patch = patch
+        self.foreground_fraction = foreground_fraction
+        self.generator = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = sample_batch(
+            self.cases, [index], self.patch, 1, self.generator, self.foreground_fraction
+        )
+        return images[0], labels[0]
+
+
+def _infinite_batches(loader: Any) -> Any:
+    """Batches of ``loader`` epoch after epoch, skipping the empty ones Poisson sampling makes."""
+    while True:
+        for images, labels in loader:
+            if len(images):
+                yield images, labels
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -594,12 +635,52 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             network, device_ids=[device.index] if device.type == "cuda" else None
         )
 
+    dp = None
+    dp_batches = None
+    if config.dp_epsilon is not None:
+        if distributed or resume_state is not None:
+            raise MedlensError(
+                "differential privacy cannot be combined with --resume or torchrun",
+                hint="train a DP model in one run on one device",
+            )
+        from medlens.privacy.dp import make_private
+
+        dp_loader = torch.utils.data.DataLoader(
+            PatchDataset(
+                train_cases,
+                plan.patch_size,
+                foreground_fraction=config.foreground_fraction,
+                seed=config.seed,
+            ),
+            batch_size=plan.batch_size,
+            shuffle=True,
+        )
+        dp = make_private(
+            network,
+            optimizer,
+            dp_loader,
+            epsilon=config.dp_epsilon,
+            delta=config.dp_delta or 0.1 / max(1, len(train_cases)),
+            epochs=max(1, math.ceil(config.iterations / len(dp_loader))),
+            max_grad_norm=config.dp_max_grad_norm,
+        )
+        if dp.normalization_replaced:
+            raise MedlensError(
+                f"the planned network ({plan.network}) uses BatchNorm, which DP-SGD cannot train",
+                hint="use --network DynUNet (instance norm) with --dp-epsilon",
+            )
+        training_network = dp.model
+        optimizer = dp.optimizer
+        dp_batches = _infinite_batches(dp.data_loader)
+        amp = False  # Opacus' per-sample gradients are computed in float32
+
     iterations_per_epoch = max(1, math.ceil(len(train_ids) / plan.batch_size))
     freeze_until = config.freeze_encoder_epochs * iterations_per_epoch
     log_path = out / "log.csv"
     if is_main and (not log_path.exists() or resume_state is None):
         with log_path.open("w") as handle:
-            handle.write("step,seconds,lr,loss,val_dice,val_per_label\n")
+            dp_column = ",dp_epsilon" if config.dp_epsilon is not None else ""
+            handle.write(f"step,seconds,lr,loss,val_dice,val_per_label{dp_column}\n")
     model_out = Path(config.model_out) if config.model_out else out / "model"
     commands = [config.command]
     if resume_state is not None:
@@ -693,6 +774,11 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             },
             metrics={"validation": {k: v for k, v in metrics.items() if k != "per_case"}},
         )
+        if dp is not None:
+            card.training["differential_privacy"] = {
+                "library": "opacus DP-SGD, RDP accountant, Poisson sampling",
+                **dp.summary(),
+            }
         save_model(network, model_out, card)
         _write_json(out / "best_metrics.json", {"step": step, **metrics})
 
@@ -720,14 +806,17 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 frozen = False
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, config, elapsed())
-            images, labels = sample_batch(
-                train_cases,
-                train_indices,
-                plan.patch_size,
-                plan.batch_size,
-                rng,
-                config.foreground_fraction,
-            )
+            if dp_batches is not None:
+                images, labels = next(dp_batches)
+            else:
+                images, labels = sample_batch(
+                    train_cases,
+                    train_indices,
+                    plan.patch_size,
+                    plan.batch_size,
+                    rng,
+                    config.foreground_fraction,
+                )
             if medlens_augment is not None:
                 images, labels = medlens_augment(
                     images.to(device), labels.to(device), generator=torch_generator
@@ -746,11 +835,15 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 raise MedlensError(
                     f"training diverged (loss {loss.item()}) at iteration {step}", hint="lower --lr"
                 )
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-            scaler.step(optimizer)
-            scaler.update()
+            if dp is not None:
+                loss.backward()  # DP optimizer clips per-sample gradients and adds noise
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+                scaler.step(optimizer)
+                scaler.update()
             running.append(float(loss.item()))
             progress.update(task, advance=1, description=f"loss {np.mean(running[-20:]):.3f}")
             done = step + 1
@@ -766,6 +859,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 if last:
                     break
                 continue
+            if dp is not None and done % len(dp.data_loader) == 0:
+                epoch = done // len(dp.data_loader)
+                print(f"epoch {epoch}: DP epsilon spent {dp.epsilon_spent():.3f}", flush=True)
             validate_now = done % config.val_every == 0 or last
             row_val, row_labels = "", ""
             if validate_now and val_cases:
@@ -780,9 +876,10 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                         "dice_per_label": metrics["dice_per_label"],
                     }
                     save_best(metrics, done)
+                privacy = f"  DP epsilon spent {dp.epsilon_spent():.3f}" if dp is not None else ""
                 print(
                     f"iteration {done}: loss {np.mean(running):.4f}  val mean Dice "
-                    f"{metrics['mean_dice']:.4f} {metrics['dice_per_label']}"
+                    f"{metrics['mean_dice']:.4f} {metrics['dice_per_label']}{privacy}"
                     f"{'  (best, saved)' if improved else ''}  {elapsed():.0f} s",
                     flush=True,
                 )
@@ -790,7 +887,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 with log_path.open("a") as handle:
                     handle.write(
                         f"{done},{elapsed():.1f},{optimizer.param_groups[0]['lr']:.6g},"
-                        f"{np.mean(running):.5f},{row_val},{row_labels}\n"
+                        f"{np.mean(running):.5f},{row_val},{row_labels}"
+                        + (f",{dp.epsilon_spent():.4f}" if dp is not None else "")
+                        + "\n"
                     )
                 running = []
                 if row_val:
