@@ -19,31 +19,42 @@ from medlens.errors import MedlensError
 from medlens.privacy.dp import _transposed_conv_grad_sample
 
 
-@pytest.mark.parametrize("layer_type", [torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d])
-def test_transposed_conv_per_sample_gradients_equal_autograd(layer_type: type) -> None:
+@pytest.mark.parametrize(
+    ("layer_type", "options"),
+    [
+        (torch.nn.ConvTranspose2d, {"kernel_size": 2, "stride": 2}),
+        (torch.nn.ConvTranspose3d, {"kernel_size": 2, "stride": 2}),
+        # MONAI UNet's up-sampling: overlapping kernel, padding and output padding
+        (torch.nn.ConvTranspose2d, {"kernel_size": 3, "stride": 2, "padding": 1,
+                                    "output_padding": 1}),
+    ],
+)  # fmt: skip
+def test_transposed_conv_per_sample_gradients_equal_autograd(layer_type: type, options) -> None:
     from opacus.grad_sample import GradSampleModule
 
     from medlens.privacy.dp import _register_transposed_conv_samplers
 
     _register_transposed_conv_samplers()
     torch.manual_seed(0)
-    layer = layer_type(3, 4, kernel_size=2, stride=2)
+    layer = layer_type(3, 4, **options)
     dims = 2 if layer_type is torch.nn.ConvTranspose2d else 3
     inputs = torch.randn(4, 3, *([3] * dims))
     module = GradSampleModule(torch.nn.Sequential(layer), loss_reduction="sum")
     (module(inputs) ** 2).sum().backward()
-    expected = []
+    expected_weight, expected_bias = [], []
     for sample in inputs:
-        copy = layer_type(3, 4, kernel_size=2, stride=2)
+        copy = layer_type(3, 4, **options)
         copy.load_state_dict(layer.state_dict())
         (copy(sample[None]) ** 2).sum().backward()
-        expected.append(copy.weight.grad)
-    assert torch.allclose(layer.weight.grad_sample, torch.stack(expected), atol=1e-4)
+        expected_weight.append(copy.weight.grad)
+        expected_bias.append(copy.bias.grad)
+    assert torch.allclose(layer.weight.grad_sample, torch.stack(expected_weight), atol=1e-4)
+    assert torch.allclose(layer.bias.grad_sample, torch.stack(expected_bias), atol=1e-4)
 
 
-def test_transposed_conv_with_overlapping_kernel_is_refused() -> None:
-    layer = torch.nn.ConvTranspose2d(2, 2, kernel_size=3, stride=2)
-    with pytest.raises(MedlensError, match="kernel == stride"):
+def test_grouped_transposed_conv_is_refused() -> None:
+    layer = torch.nn.ConvTranspose2d(2, 2, kernel_size=3, stride=2, groups=2)
+    with pytest.raises(MedlensError, match="grouped"):
         _transposed_conv_grad_sample(layer, [torch.zeros(1, 2, 4, 4)], torch.zeros(1, 2, 9, 9))
 
 

@@ -72,40 +72,57 @@ class DPTraining:
 def _transposed_conv_grad_sample(
     layer: torch.nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor
 ) -> dict[torch.nn.Parameter, torch.Tensor]:
-    """Per-sample gradients of a transposed convolution whose kernel equals its stride.
+    """Per-sample gradients of a transposed convolution (Opacus ships no sampler for it).
 
-    That is the up-sampling layer of U-Nets (MONAI DynUNet, UNet): every output voxel gets
-    exactly one input voxel, so ``y[o, s*i + a] = sum_c x[c, i] * W[c, o, a] + b[o]`` and the
-    per-sample weight gradient is one einsum. Opacus ships no sampler for transposed
-    convolutions; other settings are refused rather than computed wrongly.
+    A transposed convolution is the adjoint of a convolution with the same weight, so its
+    weight gradient for one sample is the convolution weight gradient with input and output
+    swapped. When the kernel equals the stride (the up-sampling layer of MONAI's DynUNet)
+    every output voxel gets exactly one input voxel and the whole batch is one einsum:
+    ``y[o, s*i + a] = sum_c x[c, i] * W[c, o, a] + b[o]``.
     """
     inputs = activations[0].to(backprops.dtype)
     dims = inputs.dim() - 2
-    kernel, stride = tuple(layer.kernel_size), tuple(layer.stride)
-    if (
-        kernel != stride
-        or any(layer.padding)
-        or any(layer.output_padding)
-        or layer.groups != 1
-        or any(d != 1 for d in layer.dilation)
-    ):
-        raise MedlensError(
-            f"DP-SGD supports transposed convolutions with kernel == stride only, got "
-            f"kernel {kernel}, stride {stride}",
-            hint="use a network whose up-sampling kernel equals its stride",
-        )
-    batch, out_channels = backprops.shape[:2]
-    # (B, O, D*s, H*s, W*s) -> (B, O, D, s, H, s, W, s)
-    split_shape = [batch, out_channels]
-    for size, step in zip(inputs.shape[2:], stride, strict=True):
-        split_shape += [size, step]
-    grads = backprops.reshape(split_shape)
-    letters = "dhw"[:dims] if dims <= 3 else None
-    if letters is None:
+    if not 1 <= dims <= 3:
         raise MedlensError("DP-SGD transposed convolutions support 1D to 3D")
-    kernel_letters = "xyz"[:dims]
-    grad_spec = "bo" + "".join(f"{sp}{k}" for sp, k in zip(letters, kernel_letters, strict=True))
-    weight_grad = torch.einsum(f"bc{letters},{grad_spec}->bco{kernel_letters}", inputs, grads)
+    kernel, stride = tuple(layer.kernel_size), tuple(layer.stride)
+    simple = (
+        kernel == stride
+        and not any(layer.padding)
+        and not any(layer.output_padding)
+        and layer.groups == 1
+        and all(d == 1 for d in layer.dilation)
+    )
+    if simple:
+        batch, out_channels = backprops.shape[:2]
+        split_shape = [batch, out_channels]  # (B, O, D*s, ...) -> (B, O, D, s, ...)
+        for size, step in zip(inputs.shape[2:], stride, strict=True):
+            split_shape += [size, step]
+        letters, kernel_letters = "dhw"[:dims], "xyz"[:dims]
+        grad_spec = "bo" + "".join(a + k for a, k in zip(letters, kernel_letters, strict=True))
+        weight_grad = torch.einsum(
+            f"bc{letters},{grad_spec}->bco{kernel_letters}", inputs, backprops.reshape(split_shape)
+        )
+    else:
+        if layer.groups != 1:
+            raise MedlensError("DP-SGD does not support grouped transposed convolutions")
+        conv_weight_grad = (
+            torch.nn.grad.conv1d_weight,
+            torch.nn.grad.conv2d_weight,
+            torch.nn.grad.conv3d_weight,
+        )[dims - 1]
+        weight_grad = torch.stack(
+            [
+                conv_weight_grad(
+                    grad[None],
+                    tuple(layer.weight.shape),
+                    sample[None],
+                    stride=layer.stride,
+                    padding=layer.padding,
+                    dilation=layer.dilation,
+                )
+                for sample, grad in zip(inputs, backprops, strict=True)
+            ]
+        )
     result = {layer.weight: weight_grad}
     if layer.bias is not None and layer.bias.requires_grad:
         result[layer.bias] = backprops.sum(dim=tuple(range(2, backprops.dim())))
