@@ -44,23 +44,8 @@ from medlens.evaluate.segmentation import METRIC_COLUMNS, segmentation_metrics
 from medlens.evaluate.stats import summarize
 from medlens.io.atomic import atomic_output, full_suffix
 
-#: The CSV columns the issue fixes, then the extra ones.
-CSV_COLUMNS = (
-    "case",
-    "label",
-    "dice",
-    "iou",
-    "precision",
-    "recall",
-    "hd95_mm",
-    "assd_mm",
-    "nsd",
-    "volume_pred_ml",
-    "volume_ref_ml",
-    "volume_abs_diff_ml",
-    "volume_rel_diff",
-    "flag",
-)
+#: The CSV columns the issue fixes (case, label, metrics), then the extra ones.
+CSV_COLUMNS = ("case", *METRIC_COLUMNS)
 SUMMARY_METRICS = ("dice", "iou", "precision", "recall", "hd95_mm", "assd_mm", "nsd")
 HIGHER_IS_BETTER = {"dice", "iou", "precision", "recall", "nsd"}
 DETECTION_COLUMNS = (
