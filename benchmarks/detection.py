@@ -197,9 +197,12 @@ def paused_background(enabled: bool):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
+    # a SIGTERM (e.g. from `timeout`) must still resume the paused jobs
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         yield pids
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
@@ -209,6 +212,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="kidney-stones")
     parser.add_argument("--images", type=int, default=100)
+    parser.add_argument(
+        "--peer-images", type=int, default=10, help="images for the (slow) RetinaNet peer"
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "detection.md"
     )
@@ -242,7 +248,7 @@ def main() -> None:
                             str(threads),
                             str(batch),
                             device,
-                            str(args.images),
+                            str(args.images if kind == "medlens" else args.peer_images),
                         ],
                         capture_output=True,
                         text=True,
