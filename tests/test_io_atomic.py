@@ -58,3 +58,14 @@ def test_unknown_output_format_is_refused_before_writing(tmp_path: Path) -> None
     with pytest.raises(MedlensError, match="cannot write format '.xyz'"):
         write_image(small_image(), tmp_path / "volume.xyz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    with atomic_output(tmp_path / "out.txt") as temporary:
+        temporary.write_text("x")
+    (tmp_path / "plain.txt").write_text("x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "out.txt").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode)

@@ -15,6 +15,12 @@ from medlens.errors import MedlensError
 _DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def full_suffix(path: str | Path) -> str:
     """``.nii.gz`` for ``a.nii.gz``, ``.png`` for ``a.png`` (lower case)."""
     name = Path(path).name.lower()
@@ -90,6 +96,8 @@ def atomic_output(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]
     temporary = Path(temporary_name)
     try:
         yield temporary
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
