@@ -39,8 +39,17 @@ def _dynunet(**params: Any) -> torch.nn.Module:
     return DynUNet(**params)
 
 
+def _lite0_unet(**params: Any) -> torch.nn.Module:
+    from medlens.models.lite_unet import Lite0UNet
+
+    return Lite0UNet(**params)
+
+
 #: Architecture name -> builder(**params). Tasks add their own networks here.
-ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {"DynUNet": _dynunet}
+ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
+    "DynUNet": _dynunet,
+    "Lite0UNet": _lite0_unet,  # 2D segmentation (models/polyp)
+}
 
 
 def register_architecture(name: str, builder: Callable[..., torch.nn.Module]) -> None:
