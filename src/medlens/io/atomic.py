@@ -69,8 +69,12 @@ def prepare_output(path: str | Path, *, overwrite: bool = True) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+def atomic_output(
+    path: str | Path, *, overwrite: bool = True, mode: int | None = None
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` only on success.
+
+    The file gets the usual umask permissions, or ``mode`` (e.g. ``0o600`` for secrets).
 
     Example:
         >>> import tempfile, pathlib
@@ -96,8 +100,9 @@ def atomic_output(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]
     temporary = Path(temporary_name)
     try:
         yield temporary
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would
-        os.chmod(temporary, 0o666 & ~_current_umask())
+        # mkstemp creates 0600 files; unless told otherwise (secrets), give the result the
+        # permissions a plain open() would
+        os.chmod(temporary, 0o666 & ~_current_umask() if mode is None else mode)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -37,9 +37,8 @@ def generate_keypair(private_path: str | Path, public_path: str | Path) -> None:
     public_pem = private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    with atomic_output(private_path, overwrite=False) as temporary:
+    with atomic_output(private_path, overwrite=False, mode=0o600) as temporary:
         temporary.write_bytes(private_pem)
-        temporary.chmod(0o600)
     with atomic_output(public_path, overwrite=False) as temporary:
         temporary.write_bytes(public_pem)
 
