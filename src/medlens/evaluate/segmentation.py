@@ -110,25 +110,24 @@ def surface_mask(mask: np.ndarray) -> np.ndarray:
         >>> int(surface_mask(square).sum())  # the centre voxel is interior
         8
     """
-    padded = np.pad(mask, 1)
-    interior = padded[(slice(1, -1),) * mask.ndim].copy()
-    for axis in range(mask.ndim):
-        for shift in (slice(0, -2), slice(2, None)):
-            index = [slice(1, -1)] * mask.ndim
-            index[axis] = shift
-            interior &= padded[tuple(index)]
-    return mask & ~interior
+    return mask & ~_interior(np.pad(mask, 1), mask.ndim)
 
 
 def _surface_mask_torch(mask: torch.Tensor) -> torch.Tensor:
     padded = torch.nn.functional.pad(mask[None].to(torch.uint8), (1, 1) * mask.ndim)[0].bool()
-    interior = padded[(slice(1, -1),) * mask.ndim].clone()
-    for axis in range(mask.ndim):
+    return mask & ~_interior(padded, mask.ndim)
+
+
+def _interior(padded: Any, ndim: int) -> Any:
+    """Voxels of a 1-padded mask whose 2*ndim face neighbours are all set (numpy or torch)."""
+    inner = (slice(1, -1),) * ndim
+    interior = padded[inner] & padded[inner]  # a fresh array in both libraries, then in place
+    for axis in range(ndim):
         for shift in (slice(0, -2), slice(2, None)):
-            index = [slice(1, -1)] * mask.ndim
+            index = [slice(1, -1)] * ndim
             index[axis] = shift
             interior &= padded[tuple(index)]
-    return mask & ~interior
+    return interior
 
 
 def _nearest_torch(
