@@ -154,35 +154,22 @@ def child(kind: str, threads: int, batch: int, count: int, device: str, model: s
 
 
 def accuracy(model: str) -> dict:
-    import numpy as np
 
     from medlens.detect.data import load_detection_data
     from medlens.detect.infer import load_detector
-    from medlens.evaluate.detection import detection_metrics
+    from medlens.evaluate.detection import box_list_metrics
 
     detector, card = load_detector(model, conf=0.001)
     samples, _ = load_detection_data(DATA, "val", names=dict(card.labels))
     found = detector([s.pixels for s in samples])
-    pred, scores, pred_ids, gt, gt_ids = [], [], [], [], []
-    for index, (boxes, sample) in enumerate(zip(found, samples, strict=True)):
-        pred += boxes.xyxy.tolist()
-        scores += boxes.scores.tolist()
-        pred_ids += [index] * len(boxes)
-        gt += sample.boxes.xyxy.tolist()
-        gt_ids += [index] * len(sample.boxes)
-    result = {}
-    for iou in (0.1, 0.5):
-        row = detection_metrics(
-            np.array(pred).reshape(-1, 4),
-            scores,
-            pred_ids,
-            np.array(gt).reshape(-1, 4),
-            gt_ids,
-            num_images=len(samples),
-            froc_iou_threshold=iou,
-        )[0]
-        result[iou] = row
-    return {"card": card, "metrics": result, "images": len(samples), "boxes": len(gt)}
+    truth = [s.boxes for s in samples]
+    result = {iou: box_list_metrics(found, truth, froc_iou_threshold=iou)[0] for iou in (0.1, 0.5)}
+    return {
+        "card": card,
+        "metrics": result,
+        "images": len(samples),
+        "boxes": sum(len(t) for t in truth),
+    }
 
 
 @contextlib.contextmanager

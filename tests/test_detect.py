@@ -161,30 +161,70 @@ def test_coco_json_gives_the_same_boxes_as_yolo(stones: Path) -> None:
 
 
 def test_perfect_network_outputs_decode_back_to_the_augmented_labels(stones: Path) -> None:
-    """Targets, box encoding and decoding agree: an ideal network scores AP 1 and GIoU loss 0."""
+    """Crops, medlens.augment's flips/zoom/shift, targets, box encoding and decoding agree:
+    an ideal network scores AP 1 (through medlens.evaluate) and GIoU loss 0."""
     import torch
 
-    from medlens.detect.augment import DetectionAugment
-    from medlens.detect.centernet import centernet_loss, decode, make_targets
-    from medlens.detect.metrics import average_precision
+    from medlens.detect.augment import CropSampler, default_box_augment, default_intensity_augment
+    from medlens.detect.centernet import centernet_loss, decode
+    from medlens.detect.train import make_batch
+    from medlens.evaluate.detection import box_list_metrics
 
     samples, _ = load_detection_data(stones, "train", names={0: "stone"})
-    augment, rng = DetectionAugment(input_size=256, crop_size=128), np.random.default_rng(0)
+    sampler, rng = CropSampler(input_size=256, crop_size=128), np.random.default_rng(0)
+    generator = torch.Generator().manual_seed(0)
     found, truth = [], []
-    for sample in samples * 3:
-        pixels, boxes = augment(sample.pixels, sample.boxes, rng)
-        target = make_targets(boxes, shape=pixels.shape, num_classes=1, stride=4)
-        ys, xs = np.mgrid[0 : pixels.shape[0] // 4, 0 : pixels.shape[1] // 4]
-        cx, cy, box = (xs + 0.5) * 4, (ys + 0.5) * 4, target["box"]
-        ltrb = np.stack([cx - box[0], cy - box[1], box[2] - cx, box[3] - cy]) / 4
-        heat = torch.from_numpy(target["heatmap"][None]).clamp(1e-6, 1 - 1e-6)
-        output = {"heatmap": torch.logit(heat), "ltrb": torch.from_numpy(ltrb[None]).float()}
-        targets = {k: torch.from_numpy(v[None]) for k, v in target.items()}
+    for _ in range(4):
+        images, targets, boxes = make_batch(
+            samples,
+            np.arange(len(samples)),
+            sampler,
+            rng,
+            1,
+            box_augment=default_box_augment(),
+            intensity_augment=default_intensity_augment(),
+            generator=generator,
+        )
+        assert images.shape == (len(samples), 1, 128, 128)
+        ys, xs = np.mgrid[0:32, 0:32]
+        cx, cy, box = (xs + 0.5) * 4, (ys + 0.5) * 4, targets["box"].numpy()
+        ltrb = np.stack([cx - box[:, 0], cy - box[:, 1], box[:, 2] - cx, box[:, 3] - cy], 1) / 4
+        heat = targets["heatmap"].clamp(1e-6, 1 - 1e-6)
+        output = {"heatmap": torch.logit(heat), "ltrb": torch.from_numpy(ltrb).float()}
         assert float(centernet_loss(output, targets)["giou"]) < 1e-4
-        found.append(decode(output, stride=4, score_threshold=0.99)[0])
-        truth.append(boxes)
+        found += decode(output, stride=4, score_threshold=0.99)
+        truth += boxes
     assert sum(len(t) for t in truth) > 0
-    assert average_precision(found, truth) == pytest.approx(1.0)
+    assert box_list_metrics(found, truth)[0]["ap50"] == pytest.approx(1.0)
+
+
+def test_box_augment_moves_stone_boxes_with_the_bright_stone_pixels(stones: Path) -> None:
+    """After medlens.augment's zoom/shift/flip the box still frames the bright stone."""
+    import torch
+
+    from medlens.detect.augment import CropSampler, default_box_augment
+    from medlens.detect.train import make_batch
+
+    samples, _ = load_detection_data(stones, "train", names={0: "stone"})
+    with_boxes = [s for s in samples if len(s.boxes)]
+    sampler = CropSampler(input_size=512, crop_size=256, focus_probability=1.0)
+    images, _, boxes = make_batch(
+        with_boxes,
+        np.arange(len(with_boxes)),
+        sampler,
+        np.random.default_rng(1),
+        1,
+        box_augment=default_box_augment(),
+        generator=torch.Generator().manual_seed(1),
+    )
+    checked = 0
+    for image, found in zip(images[:, 0].numpy(), boxes, strict=True):
+        for x0, y0, x1, y1 in found.xyxy:
+            inside = image[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))]
+            if inside.size > 16:  # stones are brighter than the mean of the whole crop
+                assert inside.max() > image.mean() + 1.0
+                checked += 1
+    assert checked > 0
 
 
 # --------------------------------------------------------------------------- training

@@ -1,8 +1,8 @@
-"""Box-aware augmentation and resizing for 2D detection (numpy + OpenCV).
+"""Resizing and training-window sampling for 2D detection, and its ``medlens.augment`` setup.
 
-Everything works on ``(H, W)`` uint8 grey pixels and pixel-edge ``xyxy`` boxes together, so
-the boxes always follow the pixels. ``medlens.augment`` holds the project-wide transforms;
-these are the few the detector trains with, kept here so boxes and pixels move in one call.
+:func:`letterbox` is what inference feeds the network; :class:`CropSampler` cuts training
+windows from ``(H, W)`` uint8 grey pixels and moves their pixel-edge ``xyxy`` boxes with them;
+the random transforms are the project-wide batched ones (``BoxAugment2D``, ``IntensityAugment``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import dataclasses
 import cv2
 import numpy as np
 
+from medlens.augment.boxes import BoxAugment2D
+from medlens.augment.intensity import IntensityAugment
 from medlens.detect.boxes import Boxes
 
 
@@ -36,34 +38,36 @@ def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     return out, scale
 
 
-@dataclasses.dataclass
-class DetectionAugment:
-    """Random scale, translation (crop), horizontal flip and intensity for training crops.
+@dataclasses.dataclass(kw_only=True)
+class CropSampler:
+    """Training windows: letterbox scale, then a ``crop_size`` square, often around a box.
 
     ``input_size``: the long side an image is resized to (as at inference); ``crop_size``: the
-    square training window; ``scale_range``: extra zoom factor; ``focus_probability``: chance
-    that the window is centred near a random box (objects are small and rare).
+    square training window in network pixels; ``focus_probability``: chance that the window
+    is centred near a random box (objects are small and rare); boxes keeping less than
+    ``min_visible`` of their area in the window are dropped. Only sampling happens here: the
+    random flips, zoom, shift and intensity come from :mod:`medlens.augment` on the batch.
+
+    Example:
+        >>> sampler = CropSampler(input_size=64, crop_size=32)
+        >>> boxes = Boxes(np.array([[40.0, 40.0, 60.0, 60.0]]))
+        >>> crop, moved = sampler(np.zeros((128, 128), np.uint8), boxes, np.random.default_rng(0))
+        >>> crop.shape, moved.size.tolist()
+        ((32, 32), [[10.0, 10.0]])
     """
 
     input_size: int = 384
     crop_size: int = 256
-    scale_range: tuple[float, float] = (0.7, 1.4)
-    flip_probability: float = 0.5
     focus_probability: float = 0.7
-    contrast_range: tuple[float, float] = (0.75, 1.3)
-    brightness_range: tuple[float, float] = (-25.0, 25.0)
-    gamma_range: tuple[float, float] = (0.75, 1.35)
     min_visible: float = 0.5
 
     def __call__(
         self, pixels: np.ndarray, boxes: Boxes, rng: np.random.Generator
     ) -> tuple[np.ndarray, Boxes]:
-        height, width = pixels.shape
-        scale = self.input_size / max(height, width) * rng.uniform(*self.scale_range)
-        flip = rng.random() < self.flip_probability
+        resized, scale = letterbox(pixels, self.input_size)  # exactly what inference sees
         xyxy = boxes.xyxy * scale
         size = self.crop_size
-        scaled_w, scaled_h = width * scale, height * scale
+        scaled_h, scaled_w = (round(n * scale) for n in pixels.shape)
         if len(boxes) and rng.random() < self.focus_probability:
             box = xyxy[rng.integers(len(boxes))]
             cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -72,27 +76,42 @@ class DetectionAugment:
         else:
             x0 = rng.uniform(min(0.0, scaled_w - size), max(0.0, scaled_w - size))
             y0 = rng.uniform(min(0.0, scaled_h - size), max(0.0, scaled_h - size))
-        # one affine warp does scale + crop (+ flip) with a single interpolation
-        matrix = np.array([[scale, 0.0, -x0], [0.0, scale, -y0]])
-        if flip:
-            matrix = np.array([[-1.0, 0.0, size], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0, 0, 1]])
-        out = cv2.warpAffine(
-            pixels, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
-        )
+        x0, y0 = round(x0), round(y0)
+        out = np.zeros((size, size), dtype=pixels.dtype)
+        src_x, src_y = max(x0, 0), max(y0, 0)
+        end_x, end_y = min(x0 + size, resized.shape[1]), min(y0 + size, resized.shape[0])
+        if end_x > src_x and end_y > src_y:
+            out[src_y - y0 : end_y - y0, src_x - x0 : end_x - x0] = resized[
+                src_y:end_y, src_x:end_x
+            ]
         moved = xyxy - np.array([x0, y0, x0, y0])
-        if flip:
-            moved = np.stack([size - moved[:, 2], moved[:, 1], size - moved[:, 0], moved[:, 3]], 1)
         clipped = np.clip(moved, 0, size)
         area = np.prod(moved[:, 2:] - moved[:, :2], axis=1)
         visible = np.prod(np.clip(clipped[:, 2:] - clipped[:, :2], 0, None), axis=1)
         keep = (visible >= self.min_visible * np.maximum(area, 1e-6)) & (visible > 1.0)
-        out = self.intensity(out, rng)
         return out, Boxes(clipped[keep], labels=boxes.labels[keep])
 
-    def intensity(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        values = pixels.astype(np.float32) / 255.0
-        values = np.power(values, rng.uniform(*self.gamma_range))
-        values = (
-            values * rng.uniform(*self.contrast_range) + rng.uniform(*self.brightness_range) / 255.0
-        )
-        return np.clip(values * 255.0, 0, 255).astype(np.uint8)
+
+def default_box_augment() -> BoxAugment2D:
+    """Flip, zoom and shift with exact boxes (``medlens.augment``) for detector training."""
+    return BoxAugment2D(
+        horizontal_flip_prob=0.5,
+        scale_prob=0.7,
+        scale=(0.7, 1.4),
+        translate_prob=0.5,
+        translate_fraction=0.1,
+        min_visible_fraction=0.5,
+    )
+
+
+def default_intensity_augment() -> IntensityAugment:
+    """Gamma, contrast and light noise on 0..1 grey pixels (``medlens.augment``)."""
+    return IntensityAugment(
+        spatial_dims=2,
+        gamma_prob=0.7,
+        gamma=(0.75, 1.35),
+        contrast_prob=0.7,
+        contrast=(0.75, 1.3),
+        noise_prob=0.2,
+        noise_std=0.02,
+    )

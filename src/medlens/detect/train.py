@@ -20,13 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medlens.detect.augment import DetectionAugment
+from medlens.augment.boxes import BoxAugment2D
+from medlens.augment.intensity import IntensityAugment
+from medlens.detect.augment import CropSampler, default_box_augment, default_intensity_augment
+from medlens.detect.boxes import Boxes
 from medlens.detect.centernet import centernet_loss, make_targets
 from medlens.detect.data import DetectionSample, load_detection_data
-from medlens.detect.metrics import average_precision, froc_sensitivity
-from medlens.detect.model import OUTPUT_STRIDE, CenterNetDetector
-from medlens.detect.predict import Detector, normalise
+from medlens.detect.model import GREY_MEAN, GREY_STD, OUTPUT_STRIDE, CenterNetDetector
+from medlens.detect.predict import Detector
 from medlens.errors import MedlensError
+from medlens.evaluate.detection import box_list_metrics
 from medlens.io.atomic import atomic_output
 from medlens.models.zoo import ModelCard, save_model
 
@@ -68,36 +71,72 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _batch(
+def make_batch(
     samples: list[DetectionSample],
     indices: np.ndarray,
-    augment: DetectionAugment,
+    sampler: CropSampler,
     rng: np.random.Generator,
     num_classes: int,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    images, targets = [], []
+    *,
+    box_augment: BoxAugment2D | None = None,
+    intensity_augment: IntensityAugment | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Boxes]]:
+    """Normalised ``(B, 1, S, S)`` crops, their CenterNet targets and their boxes.
+
+    Windows come from ``sampler``; flips, zoom and shift (boxes moved exactly) and intensity
+    changes are the batched :mod:`medlens.augment` transforms, applied on 0..1 pixels.
+    """
+    crops, crop_boxes = [], []
     for index in indices:
-        pixels, boxes = augment(samples[index].pixels, samples[index].boxes, rng)
-        images.append(pixels)
-        targets.append(
-            make_targets(boxes, shape=pixels.shape, num_classes=num_classes, stride=OUTPUT_STRIDE)
+        pixels, boxes = sampler(samples[index].pixels, samples[index].boxes, rng)
+        crops.append(pixels)
+        crop_boxes.append(boxes)
+    images = torch.from_numpy(np.stack(crops)).float()[:, None] / 255.0
+    if box_augment is not None:
+        images, moved, classes = box_augment(
+            images,
+            [torch.from_numpy(b.xyxy) for b in crop_boxes],
+            [torch.from_numpy(b.labels) for b in crop_boxes],
+            generator=generator,
         )
-    batch = normalise(np.stack(images))[:, None]
+        crop_boxes = [
+            Boxes(m.numpy(), labels=c.numpy()) for m, c in zip(moved, classes or [], strict=True)
+        ]
+    if intensity_augment is not None:
+        images, _ = intensity_augment(images, generator=generator)
+    images = (images.clamp(0, 1) - GREY_MEAN) / GREY_STD
+    shape = (images.shape[-2], images.shape[-1])
+    targets = [
+        make_targets(b, shape=shape, num_classes=num_classes, stride=OUTPUT_STRIDE)
+        for b in crop_boxes
+    ]
     stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
-    return batch, stacked
+    return images, stacked, crop_boxes
 
 
 def evaluate_detector(detector: Detector, samples: list[DetectionSample]) -> dict[str, float]:
-    """AP at IoU 0.5 / 0.5:0.95-free summary and FROC sensitivities on ``samples``."""
+    """Validation metrics through :mod:`medlens.evaluate` (mean over classes).
+
+    AP at IoU 0.5 and 0.75 (COCO 101-point), mAP@[.5:.95], and FROC sensitivity at 0.5, 1
+    and 2 false positives per image, a lesion counting as found at IoU >= 0.5
+    (``froc_sens_*``) and at LUNA16's looser IoU >= 0.1 (``froc01_sens_*``).
+    """
     found = detector([s.pixels for s in samples])
     truth = [s.boxes for s in samples]
-    return {
-        "ap50": average_precision(found, truth, iou_threshold=0.5),
-        "ap75": average_precision(found, truth, iou_threshold=0.75),
-        "froc_sens_at_0.5fp": froc_sensitivity(found, truth, fp_per_image=0.5),
-        "froc_sens_at_1fp": froc_sensitivity(found, truth, fp_per_image=1.0),
-        "froc_sens_at_2fp": froc_sensitivity(found, truth, fp_per_image=2.0),
-    }
+    strict = box_list_metrics(found, truth, froc_iou_threshold=0.5)
+    loose = box_list_metrics(found, truth, froc_iou_threshold=0.1)
+
+    def mean(rows: list[dict], key: str) -> float:
+        values = [row[key] for row in rows if row["n_gt"] > 0]
+        return float(np.mean(values)) if values else float("nan")
+
+    metrics = {"ap50": mean(strict, "ap50"), "ap75": mean(strict, "ap75")}
+    metrics["map50_95"] = mean(strict, "map50_95")
+    for rate in ("0.5", "1", "2"):
+        metrics[f"froc_sens_at_{rate}fp"] = mean(strict, f"froc_{rate}")
+        metrics[f"froc01_sens_at_{rate}fp"] = mean(loose, f"froc_{rate}")
+    return metrics
 
 
 def compact_optimizer_state(state: dict) -> dict:
@@ -142,7 +181,9 @@ def _plot(history: list[dict[str, float]], path: Path) -> None:
 
 def _write_csv(history: list[dict[str, float]], path: Path) -> None:
     with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        # union of keys: rows of a run resumed from an older version may lack newer metrics
+        fields = list(dict.fromkeys(key for row in history for key in row))
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(history)
 
@@ -239,7 +280,8 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         log(f"resumed at epoch {start_epoch} (best AP50 {best:.4f})")
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    augment = DetectionAugment(input_size=config.input_size, crop_size=config.crop_size)
+    sampler = CropSampler(input_size=config.input_size, crop_size=config.crop_size)
+    box_augment, intensity_augment = default_box_augment(), default_intensity_augment()
     detector = Detector(network, input_size=config.input_size, conf=0.01, device=str(device))
     card_base = ModelCard(
         name=config.model_name,
@@ -274,12 +316,16 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             "batch_size": config.batch_size,
             "crop_size": config.crop_size,
             "lr": config.lr,
+            "augmentation": (
+                f"{sampler} then medlens.augment {box_augment} and {intensity_augment}"
+            ),
         },
     )
     iteration = 0
     for epoch in range(start_epoch, config.epochs):
         network.train()
         rng = np.random.default_rng(config.seed * 100003 + epoch)
+        generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         order = rng.permutation(len(train))
         started = time.perf_counter()
         losses = []
@@ -287,7 +333,16 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             indices = order[step * config.batch_size : (step + 1) * config.batch_size]
             if len(indices) == 0:
                 indices = order[: config.batch_size]
-            images, targets = _batch(train, indices, augment, rng, num_classes)
+            images, targets, _ = make_batch(
+                train,
+                indices,
+                sampler,
+                rng,
+                num_classes,
+                box_augment=box_augment,
+                intensity_augment=intensity_augment,
+                generator=generator,
+            )
             images = images.to(device, memory_format=torch.channels_last)
             targets = {k: v.to(device) for k, v in targets.items()}
             with torch.autocast(device.type, enabled=use_amp):
@@ -331,6 +386,9 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
                     "val_froc_sens_at_1fp": metrics["froc_sens_at_1fp"],
                     "val_froc_sens_at_0.5fp": metrics["froc_sens_at_0.5fp"],
                     "val_froc_sens_at_2fp": metrics["froc_sens_at_2fp"],
+                    "val_map50_95": metrics["map50_95"],
+                    "val_froc_iou0.1_sens_at_1fp": metrics["froc01_sens_at_1fp"],
+                    "froc_matching": "froc_sens_*: IoU >= 0.5; froc_iou0.1_*: IoU >= 0.1 (LUNA16)",
                     "epoch": epoch,
                     "val_images": len(val),
                     "val_boxes": int(sum(len(s.boxes) for s in val)),

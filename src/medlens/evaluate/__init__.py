@@ -14,6 +14,7 @@
 from medlens.evaluate.detection import (
     average_precision,
     box_iou,
+    box_list_metrics,
     detection_metrics,
     froc,
     match_detections,
@@ -31,6 +32,7 @@ __all__ = [
     "binary_metrics",
     "bootstrap_ci",
     "box_iou",
+    "box_list_metrics",
     "detection_metrics",
     "froc",
     "match_detections",

@@ -301,3 +301,49 @@ def detection_metrics(
         row["cpm"] = result["cpm"]
         rows.append(row)
     return rows
+
+
+def box_list_metrics(
+    found: Sequence[Any],
+    truth: Sequence[Any],
+    *,
+    froc_iou_threshold: float = 0.1,
+    interpolation: str = "coco101",
+    max_detections: int | None = 100,
+) -> list[dict[str, Any]]:
+    """:func:`detection_metrics` for per-image box lists, as a detector returns them.
+
+    ``found[i]`` and ``truth[i]`` belong to image ``i``; each has ``xyxy`` ``(N, 4|6)``
+    corners and integer ``labels`` (``found`` also ``scores``), e.g.
+    :class:`medlens.detect.Boxes`. Every image counts in FROC's false positives per image.
+
+    Example:
+        >>> from types import SimpleNamespace as Box
+        >>> hit = Box(xyxy=np.array([[0.0, 0, 10, 10]]), scores=np.array([0.9]), labels=[0])
+        >>> miss = Box(xyxy=np.zeros((0, 4)), scores=np.zeros(0), labels=[])
+        >>> gt = Box(xyxy=np.array([[0.0, 0, 10, 10]]), labels=[0])
+        >>> row = box_list_metrics([hit, miss], [gt, gt])[0]
+        >>> round(row["ap50"], 3), row["froc_1"]  # COCO's 101 recall points: 51/101
+        (0.505, 0.5)
+    """
+    if len(found) != len(truth):
+        raise MedlensError(f"{len(found)} prediction lists for {len(truth)} images")
+    width = next((np.shape(b.xyxy)[1] for b in [*found, *truth] if len(b.xyxy)), 4)
+
+    def flat(lists: Sequence[Any], field: str) -> np.ndarray:
+        parts = [np.asarray(getattr(b, field), dtype=np.float64).reshape(-1) for b in lists]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    return detection_metrics(
+        np.concatenate([np.reshape(b.xyxy, (-1, width)) for b in found] or [np.zeros((0, width))]),
+        flat(found, "scores"),
+        np.concatenate([np.full(len(b.xyxy), i) for i, b in enumerate(found)] or [np.zeros(0)]),
+        np.concatenate([np.reshape(b.xyxy, (-1, width)) for b in truth] or [np.zeros((0, width))]),
+        np.concatenate([np.full(len(b.xyxy), i) for i, b in enumerate(truth)] or [np.zeros(0)]),
+        pred_labels=flat(found, "labels").astype(int),
+        gt_labels=flat(truth, "labels").astype(int),
+        num_images=len(truth),
+        interpolation=interpolation,
+        max_detections=max_detections,
+        froc_iou_threshold=froc_iou_threshold,
+    )
