@@ -196,6 +196,29 @@ def test_predict_dicom_study_writes_a_seg_readable_by_highdicom(
         assert read_image(out).same_grid(source, tolerance_mm=1e-2)
 
 
+def test_readme_demo_writes_seg_nifti_and_an_overlay_page(examples: Path, tmp_path: Path) -> None:
+    """The README's main job: one prediction of the shipped model, written as DICOM SEG, as
+    NIfTI (``--also``) and as an HTML page of overlays and label volumes (``--html``)."""
+    study = examples / "dicom" / "hippocampus-study1"
+    seg, nifti, page = tmp_path / "seg.dcm", tmp_path / "seg.nii.gz", tmp_path / "seg.html"
+    args = ["predict", "hippocampus", str(study), str(seg), "--also", str(nifti)]
+    assert run_cli([*args, "--html", str(page)]) == 0
+    from_seg, from_nifti = read_image(seg), read_image(nifti)
+    assert from_nifti.same_grid(read_image(study), tolerance_mm=1e-2)
+    assert from_seg.same_grid(from_nifti, tolerance_mm=1e-2)
+    labels = from_nifti.numpy()[0]
+    assert set(np.unique(labels)) == {0, 1, 2}  # both hippocampus parts found
+    assert np.array_equal(from_seg.numpy()[0] > 0, labels > 0)
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 1 and "anterior" in text
+    volume_ml = (labels == 1).sum() * np.prod(from_nifti.spacing_mm) / 1000
+    assert f"{volume_ml:.2f} mL" in text
+    # an existing page stops the run before anything is written
+    again = tmp_path / "again.dcm"
+    assert run_cli(["predict", "hippocampus", str(study), str(again), "--html", str(page)]) == 2
+    assert not again.exists()
+
+
 def test_predict_refuses_wrong_inputs(
     hippocampus_run: Path,
     polyp_run: Path,

@@ -788,11 +788,18 @@ def predict(
         bool, typer.Option(help="Largest connected component where the plan says so.")
     ] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    also: Annotated[
+        list[Path] | None,
+        typer.Option(help="Also write the same predictions here (other format or folder)."),
+    ] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Write an HTML page with overlays and label sizes.")
+    ] = None,
 ) -> None:
     """Segment images with a trained model; outputs lie on the input grid.
 
-    Examples: ``medlens predict hippocampus examples/dicom/hippocampus-study1 seg.dcm``;
-    ``medlens predict polyp frames/ masks/``.
+    Examples: ``medlens predict hippocampus examples/dicom/hippocampus-study1 seg.dcm
+    --also seg.nii.gz --html seg.html``; ``medlens predict polyp frames/ masks/``.
     """
     from medlens.infer.predict import predict_paths
 
@@ -806,6 +813,8 @@ def predict(
         series=series,
         batch_size=batch_size,
         postprocess=postprocess,
+        also=also or (),
+        html=html,
     )
     for path in written[:10]:
         stdout.print(f"wrote {path}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -185,12 +186,21 @@ def predict_paths(
     batch_size: int = 8,
     postprocess: bool = True,
     progress: bool = True,
+    also: Sequence[str | Path] = (),
+    html: str | Path | None = None,
 ) -> list[Path]:
-    """Segment every input and write the label maps; returns the written paths."""
+    """Segment every input and write the label maps; returns the written paths.
+
+    ``also``: further outputs of the same predictions (another format or folder, named like
+    OUTPUT); ``html``: a page with overlays and label sizes of every input.
+    """
     from rich.progress import Progress
 
-    network, plan, _ = load_segmenter(model, device=device)
+    network, plan, card = load_segmenter(model, device=device)
     jobs = plan_jobs(Path(source), Path(output), plan, overwrite=overwrite)
+    extra = [plan_jobs(Path(source), Path(other), plan, overwrite=overwrite) for other in also]
+    page = prepare_output(Path(html), overwrite=overwrite) if html is not None else None
+    shown: list[tuple[str, Image, Image]] = []
     written: list[Path] = []
     # one image per network call: measured on this 2-core CPU, a batch of 8 frames costs more
     # per frame than single frames (cache), see benchmarks/results/segmentation.md
@@ -204,7 +214,21 @@ def predict_paths(
                 network, images, plan, device=device, tta=tta, batch_size=batch_size,
                 postprocess=postprocess, paths=[job.source for job in chunk],
             )  # fmt: skip
-            for job, image, label in zip(chunk, images, labels, strict=True):
+            for offset, (job, image, label) in enumerate(zip(chunk, images, labels, strict=True)):
                 written.extend(_write(job, image, label, plan, overwrite=overwrite))
+                for other in extra:
+                    written.extend(
+                        _write(other[first + offset], image, label, plan, overwrite=overwrite)
+                    )
+                if page is not None:
+                    shown.append((job.source.name, image, label))
                 bar.advance(task)
+    if page is not None:
+        from medlens.infer.overlay import write_overlay_page
+
+        written.append(
+            write_overlay_page(
+                page, shown, model_name=getattr(card, "name", str(model)), labels=plan.labels
+            )
+        )
     return written
