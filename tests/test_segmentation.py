@@ -113,6 +113,36 @@ def test_resume_continues_from_the_saved_iteration(hippocampus_run: Path, tmp_pa
     assert (run / "log.csv").read_text().splitlines()[-1].startswith("3,")
 
 
+def test_torchrun_trains_with_two_processes_and_one_writer(examples: Path, tmp_path: Path) -> None:
+    """``torchrun -m medlens train seg`` runs DDP (gloo on CPU): both ranks train, rank 0
+    alone validates and writes the model, whose card records the two processes."""
+    import os
+    import subprocess
+    import sys
+
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", port, "-m", "medlens", "train", "seg",
+        str(examples / "hippocampus"), "--out", str(out), "--iterations", "2",
+        "--batch-size", "1", "--threads", "1", "--val-every", "2", "--checkpoint-minutes", "0",
+        "--labels", "1=anterior,2=posterior", "--val-cases", "hippocampus_001",
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((out / "model" / "model.json").read_text())
+    assert card["training"]["processes"] == 2
+    assert card["training"]["iteration"] == 2
+    assert done.stdout.count("iteration 2:") == 1  # one validation line: rank 0 only
+    load_model(out / "model")
+
+
 def test_2d_images_masks_folder_trains(polyp_run: Path) -> None:
     network, card = load_model(polyp_run / "model")
     assert card.architecture["name"] == "Lite0UNet"

@@ -758,6 +758,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 if amp and device.type == "cpu"
                 else ("fp16 AMP" if amp else "fp32"),
                 "device": str(device),
+                "processes": world_size,  # torchrun: DDP, batch size is per process
                 "augmentation": (
                     "medlens.augment.Augment.default"
                     if config.augment == "medlens"
