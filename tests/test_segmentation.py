@@ -117,10 +117,9 @@ def test_torchrun_trains_with_two_processes_and_one_writer(examples: Path, tmp_p
     """``torchrun -m medlens train seg`` runs DDP (gloo on CPU): both ranks train, rank 0
     alone validates and writes the model, whose card records the two processes."""
     import os
+    import socket
     import subprocess
     import sys
-
-    import socket
 
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
