@@ -70,6 +70,7 @@ def test_plan_for_hippocampus_is_3d_zscore_whole_volume_patch(examples: Path) ->
     assert all(p >= s for p, s in zip(plan.patch_size, (35, 50, 35), strict=True))
     assert sorted(plan.labels) == [0, 1, 2]
     assert 2 in plan.largest_component  # the posterior part is one blob in every case
+    assert plan.test_time_mirroring  # predict mirrors 3D inputs by default, as nnU-Net
 
 
 def test_plan_for_kvasir_is_2d_rgb_with_pretrained_encoder(examples: Path) -> None:
@@ -82,6 +83,7 @@ def test_plan_for_kvasir_is_2d_rgb_with_pretrained_encoder(examples: Path) -> No
     assert plan.network == "Lite0UNet"
     assert plan.normalisation["scheme"] == "rgb"
     assert plan.patch_size == [256, 256]
+    assert not plan.test_time_mirroring  # mirror TTA measured worse on Kvasir frames
 
 
 # --------------------------------------------------------------------------- training

@@ -780,7 +780,13 @@ def predict(
         Path,
         typer.Argument(help="Output file (.nii.gz, .nrrd, .png, .dcm = DICOM SEG) or folder."),
     ],
-    tta: Annotated[bool, typer.Option("--tta", help="Average over mirrored inputs.")] = False,
+    tta: Annotated[
+        bool | None,
+        typer.Option(
+            "--tta/--no-tta",
+            help="Average over mirrored inputs (default: the model's plan; on for 3D models).",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     series: SeriesOption = None,
     batch_size: Annotated[int, typer.Option(help="Sliding-window patches per network batch.")] = 8,

@@ -180,7 +180,7 @@ def predict_paths(
     output: str | Path,
     *,
     device: str = "cpu",
-    tta: bool = False,
+    tta: bool | None = None,
     overwrite: bool = False,
     series: str | None = None,
     batch_size: int = 8,
@@ -191,12 +191,17 @@ def predict_paths(
 ) -> list[Path]:
     """Segment every input and write the label maps; returns the written paths.
 
+    ``tta``: average over the plan's mirrorings; ``None`` follows the plan's
+    ``test_time_mirroring``.
+
     ``also``: further outputs of the same predictions (another format or folder, named like
     OUTPUT); ``html``: a page with overlays and label sizes of every input.
     """
     from rich.progress import Progress
 
     network, plan, card = load_segmenter(model, device=device)
+    if tta is None:  # the plan decides (nnU-Net mirrors by default)
+        tta = plan.test_time_mirroring
     jobs = plan_jobs(Path(source), Path(output), plan, overwrite=overwrite)
     extra = [plan_jobs(Path(source), Path(other), plan, overwrite=overwrite) for other in also]
     page = prepare_output(Path(html), overwrite=overwrite) if html is not None else None
