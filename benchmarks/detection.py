@@ -263,8 +263,12 @@ def write_report(args, runs, quality, paused, load, load_after, devices) -> None
         "",
         f"Machine state: background training jobs paused while timing: "
         f"{'yes, PIDs ' + str(paused) if paused else 'none found / not paused'}; load average "
-        f"(1 min) {load[0]:.2f} before and {load_after[0]:.2f} after the timings (other engineers"
-        " share this 2-core machine, so the machine was **not idle**).",
+        f"(1 min) {load[0]:.2f} before and {load_after[0]:.2f} after the timings"
+        + (
+            " (idle before the timings; the load after is the benchmark's own)."
+            if load[0] < 1.0
+            else " (other jobs shared this 2-core machine, so it was **not idle**)."
+        ),
         "",
         f"Model: `models/{card.name}` ({card.architecture['name']}, input long side "
         f"{card.input.get('long_side_px')} px, weights "
