@@ -19,8 +19,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import html
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,38 +112,42 @@ def overlay_figure(image: Image, label: Image, *, title: str) -> str:
     return figure_to_base64(figure)
 
 
-def write_overlay_page(
-    path: str | Path,
-    results: Sequence[tuple[str, Image, Image]],
-    *,
-    model_name: str,
-    labels: dict[int, str],
-    limit: int = 50,
-) -> Path:
-    """Write ``path`` (HTML) for ``(input name, image, predicted label map)`` triples.
+@dataclasses.dataclass
+class OverlayPage:
+    """Collects one figure and the label sizes per prediction as it is made, then writes HTML.
 
-    At most ``limit`` inputs get figures (the page stays small); all get a size table row.
+    Only the rendered figure (a PNG data URI, for the first ``limit`` inputs: the page stays
+    small) and the size rows are kept, never the images, so a folder of any length fits.
     """
 
-    def swatch(value: int, name: str) -> str:
-        rgb = ",".join(str(int(255 * c)) for c in COLOURS[(value - 1) % len(COLOURS)])
-        return f"<span style='color:rgb({rgb})'>&#9632; {html.escape(name)}</span>"
+    model_name: str
+    labels: dict[int, str]
+    limit: int = 50
+    figures: list[str] = dataclasses.field(default_factory=list)
+    rows: list[dict[str, object]] = dataclasses.field(default_factory=list)
+    count: int = 0
 
-    legend = " ".join(swatch(v, name) for v, name in sorted(labels.items()) if v)
-    figures, rows = [], []
-    for index, (name, image, label) in enumerate(results):
-        if index < limit:
-            figures.append(
-                f"<figure>{image_tag(overlay_figure(image, label, title=name), name)}</figure>"
-            )
-        for row in label_sizes(label):
-            rows.append({"input": name, **row})
-    sections = [
-        ("Labels", f"<p>{legend}</p>"),
-        ("Overlays", f"<div class='cases'>{''.join(figures)}</div>"),
-        ("Sizes", table_html(rows, ["input", "label", "voxels", "size"])),
-    ]
-    subtitle = f"model {model_name}; {len(results)} input(s); views cut through the prediction"
-    return write_report(
-        path, title=f"medlens predict: {model_name}", sections=sections, subtitle=subtitle
-    )
+    def add(self, name: str, image: Image, label: Image) -> None:
+        if self.count < self.limit:
+            uri = overlay_figure(image, label, title=name)
+            self.figures.append(f"<figure>{image_tag(uri, name)}</figure>")
+        self.rows.extend({"input": name, **row} for row in label_sizes(label))
+        self.count += 1
+
+    def write(self, path: str | Path) -> Path:
+        def swatch(value: int, name: str) -> str:
+            rgb = ",".join(str(int(255 * c)) for c in COLOURS[(value - 1) % len(COLOURS)])
+            return f"<span style='color:rgb({rgb})'>&#9632; {html.escape(name)}</span>"
+
+        legend = " ".join(swatch(v, name) for v, name in sorted(self.labels.items()) if v)
+        sections = [
+            ("Labels", f"<p>{legend}</p>"),
+            ("Overlays", f"<div class='cases'>{''.join(self.figures)}</div>"),
+            ("Sizes", table_html(self.rows, ["input", "label", "voxels", "size"])),
+        ]
+        subtitle = (
+            f"model {self.model_name}; {self.count} input(s); views cut through the prediction"
+        )
+        return write_report(
+            path, title=f"medlens predict: {self.model_name}", sections=sections, subtitle=subtitle
+        )

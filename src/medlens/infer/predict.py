@@ -204,8 +204,12 @@ def predict_paths(
         tta = plan.test_time_mirroring
     jobs = plan_jobs(Path(source), Path(output), plan, overwrite=overwrite)
     extra = [plan_jobs(Path(source), Path(other), plan, overwrite=overwrite) for other in also]
-    page = prepare_output(Path(html), overwrite=overwrite) if html is not None else None
-    shown: list[tuple[str, Image, Image]] = []
+    page = None
+    if html is not None:
+        from medlens.infer.overlay import OverlayPage
+
+        html = prepare_output(Path(html), overwrite=overwrite)
+        page = OverlayPage(getattr(card, "name", str(model)), plan.labels)
     written: list[Path] = []
     # one image per network call: measured on this 2-core CPU, a batch of 8 frames costs more
     # per frame than single frames (cache), see benchmarks/results/segmentation.md
@@ -226,14 +230,8 @@ def predict_paths(
                         _write(other[first + offset], image, label, plan, overwrite=overwrite)
                     )
                 if page is not None:
-                    shown.append((job.source.name, image, label))
+                    page.add(job.source.name, image, label)
                 bar.advance(task)
     if page is not None:
-        from medlens.infer.overlay import write_overlay_page
-
-        written.append(
-            write_overlay_page(
-                page, shown, model_name=getattr(card, "name", str(model)), labels=plan.labels
-            )
-        )
+        written.append(page.write(html))
     return written
