@@ -206,6 +206,9 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "detection.md"
     )
     parser.add_argument("--pause-background", action="store_true")
+    parser.add_argument(
+        "--devices", default="auto", help="cpu,cuda (auto: cpu, and cuda if present)"
+    )
     parser.add_argument("--child", nargs=5)
     args = parser.parse_args()
     if args.child:
@@ -215,13 +218,19 @@ def main() -> None:
 
     import torch
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.devices == "auto":
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        devices = args.devices.split(",")
     runs = []
     with paused_background(args.pause_background) as paused:
         load = os.getloadavg()
         for device in devices:
             for kind in ("medlens", "monai-retinanet"):
-                for threads, batch in ((1, 1), (2, 1), (2, 8)):
+                settings = ((1, 1), (2, 1), (2, 8))
+                if device == "cuda":  # the GPU host has more cores; larger batches fill the GPU
+                    settings += ((8, 8), (8, 32))
+                for threads, batch in settings:
                     if device == "cuda" and threads == 1:
                         continue
                     output = subprocess.run(

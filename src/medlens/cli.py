@@ -261,6 +261,10 @@ def train_detect(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.pt.")] = False,
     max_iterations: Annotated[int | None, typer.Option(help="Stop after N steps (tests).")] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(help="Time budget: the cosine schedule ends and training stops by then."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only N training images.")] = None,
     val_limit: Annotated[int | None, typer.Option(help="Use only N validation images.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
@@ -292,6 +296,7 @@ def train_detect(
         init=init,
         resume=resume,
         max_iterations=max_iterations,
+        minutes=minutes,
         limit=limit,
         val_limit=val_limit,
         threads=threads,

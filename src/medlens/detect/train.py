@@ -56,6 +56,7 @@ class DetectTrainConfig:
     pretrained: bool = True
     init: Path | None = None
     max_iterations: int | None = None
+    minutes: float | None = None  # time budget of this run (the schedule ends by then)
     limit: int | None = None
     val_limit: int | None = None
     resume: bool = False
@@ -248,10 +249,18 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
     total_steps = config.epochs * steps_per_epoch
     warmup = min(200, total_steps // 10 + 1)
 
+    run_started = time.perf_counter()
+
+    def out_of_time() -> bool:
+        return bool(config.minutes) and time.perf_counter() - run_started >= config.minutes * 60
+
     def schedule(step: int) -> float:  # linear warm-up, then cosine to 2% of lr
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if config.minutes:  # with a time budget the cosine follows whichever ends first
+            elapsed = time.perf_counter() - run_started
+            progress = min(1.0, max(progress, elapsed / (config.minutes * 60)))
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -313,6 +322,9 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             if config.pretrained and config.init is None
             else str(config.init or "scratch"),
             "epochs": config.epochs,
+            "minutes": config.minutes,
+            "device": str(device),
+            "precision": "fp16 AMP" if use_amp else "fp32",
             "batch_size": config.batch_size,
             "crop_size": config.crop_size,
             "lr": config.lr,
@@ -362,7 +374,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
                     f"epoch {epoch} step {step}/{steps_per_epoch} loss {losses[-1]:.4f} "
                     f"({time.perf_counter() - started:.0f} s)"
                 )
-            if config.max_iterations and iteration >= config.max_iterations:
+            if (config.max_iterations and iteration >= config.max_iterations) or out_of_time():
                 break
         train_seconds = time.perf_counter() - started
         metrics = evaluate_detector(detector, val)
@@ -414,7 +426,9 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             f"sens@1FP {metrics['froc_sens_at_1fp']:.4f} "
             f"({train_seconds:.0f}+{row['val_seconds']:.0f} s)" + ("  * saved" if improved else "")
         )
-        if config.max_iterations and iteration >= config.max_iterations:
+        if (config.max_iterations and iteration >= config.max_iterations) or out_of_time():
+            if out_of_time():
+                log(f"time budget of {config.minutes:g} minutes spent after epoch {epoch}")
             break
     return {"best_ap50": best, **(history[-1] if history else {})}
 

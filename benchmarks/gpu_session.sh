@@ -1,0 +1,91 @@
+#!/bin/bash
+# One lease of the GPU machine: CUDA tests, GPU throughput benchmarks and GPU training of the
+# shipped 2D models, in one command (the machine is lent for minutes and keeps nothing).
+#
+#   bash benchmarks/gpu_session.sh seg      # CUDA tests, benchmarks/training.py on CUDA,
+#                                           # two polyp fine-tuning runs side by side
+#   bash benchmarks/gpu_session.sh detect   # benchmarks/detection.py on CUDA, two
+#                                           # kidney-stone fine-tuning runs side by side
+#
+# Expects the data under ../shared/data (or work_data/, linked there) and writes what comes
+# back under $OUT (default runs/gpu). Training runs stop by their --minutes budget; the new
+# models go to runs/gpu-*/model and are copied to $OUT, never over models/.
+#
+# The lent machine's image has torch but not SimpleITK. Its 50 MB wheel does not fit the
+# transfer beside the data, and no path run here calls it, so a stub that raises on any use
+# stands in for it where SimpleITK is missing.
+set -uo pipefail
+MODE=${1:?seg or detect}
+OUT=${OUT:-runs/gpu}
+MINUTES=${MINUTES:-6}
+DEVICE=${DEVICE:-cuda}  # DEVICE=cpu MINUTES=0.3 SKIP_WHEELS=1 FORCE_SITK_STUB=1: a local dry run
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ] && [ "${SKIP_WHEELS:-0}" != 1 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+if [ "${FORCE_SITK_STUB:-0}" = 1 ] || ! python3 -c "import SimpleITK" 2>/dev/null; then
+  mkdir -p /tmp/stubs/SimpleITK
+  cat > /tmp/stubs/SimpleITK/__init__.py <<'EOF'
+def __getattr__(name):
+    raise ImportError(f"SimpleITK is not installed here (SimpleITK.{name} was used)")
+EOF
+  export PYTHONPATH=/tmp/stubs:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
+if [ -d work_data ] && [ ! -e ../shared/data ]; then
+  mkdir -p ../shared && ln -sfn "$PWD/work_data" ../shared/data
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, 'cuda', torch.cuda.is_available())"
+
+VAL=cju0qkwl35piu0993l0dewei2,cju0qoxqj9q6s0835b43399p4,cju0roawvklrq0799vmjorwfv,cju0rx1idathl0835detmsp84
+if [ "$MODE" = seg ]; then
+  python3 -m pytest -q tests -m cuda -p no:cacheprovider 2>&1 | tail -5
+  python3 benchmarks/training.py --device $DEVICE --threads 8 --workers 4 --cases "${CASES:-60}" \
+    --iterations "${BENCH_ITERATIONS:-100}" --warmup 10 --no-pause 2>&1 | tail -25
+  cp benchmarks/results/training.md "$OUT/training.md"
+  # two fine-tuning recipes from the shipped model, side by side on the one GPU
+  pids=()
+  for arm in a b; do
+    if [ $arm = a ]; then lr=5e-4; batch=16; else lr=1e-3; batch=32; fi
+    python3 -m medlens train seg ../shared/data/kvasir-seg --out runs/gpu-polyp-$arm \
+      --iterations 200000 --minutes "$MINUTES" --lr $lr --batch-size $batch --val-every 200 \
+      --val-cases $VAL --network Lite0UNet --init models/polyp --threads 4 --labels 1=polyp \
+      --mirror-axes 0,1 --device $DEVICE --checkpoint-minutes 60 \
+      > "$OUT/polyp-$arm.log" 2>&1 &
+    pids+=($!)
+  done
+  nvidia-smi dmon -s u -d 5 -c "$(python3 -c "print(int($MINUTES * 12 + 12))")" > "$OUT/gpu-util.log" 2>&1 &
+  wait "${pids[@]}"
+  for arm in a b; do
+    mkdir -p "$OUT/polyp-$arm"
+    cp runs/gpu-polyp-$arm/model/model.safetensors runs/gpu-polyp-$arm/model/model.json \
+      "$OUT/polyp-$arm/" 2>/dev/null
+    tail -3 "$OUT/polyp-$arm.log"
+  done
+elif [ "$MODE" = detect ]; then
+  python3 benchmarks/detection.py --devices $DEVICE --images "${DET_IMAGES:-512}" --out "$OUT/detection-gpu.md" 2>&1 | tail -8
+  # two recipes from the shipped model side by side: crops as on the CPU, and whole slices
+  pids=()
+  for arm in a b; do
+    if [ $arm = a ]; then lr=6e-4; crop=384; else lr=1e-3; crop=512; fi
+    python3 -m medlens train detect ../shared/data/kidney-stones --out runs/gpu-stones-$arm \
+      --model-out runs/gpu-stones-$arm/model --name kidney-stones --names 0=stone \
+      --epochs 400 --minutes "$MINUTES" --batch-size 16 --lr $lr --input-size 512 \
+      --crop-size $crop --init models/kidney-stones --threads 6 --device $DEVICE \
+      > "$OUT/stones-$arm.log" 2>&1 &
+    pids+=($!)
+  done
+  nvidia-smi dmon -s u -d 5 -c "$(python3 -c "print(int($MINUTES * 12 + 12))")" > "$OUT/gpu-util.log" 2>&1 &
+  wait "${pids[@]}"
+  for arm in a b; do
+    mkdir -p "$OUT/stones-$arm"
+    cp runs/gpu-stones-$arm/model/model.safetensors runs/gpu-stones-$arm/model/model.json \
+      "$OUT/stones-$arm/" 2>/dev/null
+    grep -E "^epoch [0-9]+:" "$OUT/stones-$arm.log" | tail -4
+  done
+fi
+ls -la "$OUT" "$OUT"/*/
