@@ -388,6 +388,10 @@ def train_seg(
     dp_max_grad_norm: Annotated[
         float, typer.Option(help="DP per-sample gradient clipping norm.")
     ] = 1.0,
+    ema_decay: Annotated[
+        float | None,
+        typer.Option(help="Validate and ship a moving average of the weights (e.g. 0.998)."),
+    ] = None,
 ) -> None:
     """Plan from the data (2D/3D, spacing, normalisation, patch, network) and train a segmenter.
 
@@ -432,6 +436,7 @@ def train_seg(
         dp_epsilon=dp_epsilon,
         dp_delta=dp_delta,
         dp_max_grad_norm=dp_max_grad_norm,
+        ema_decay=ema_decay,
     )
     best = train_segmentation(config)
     import os

