@@ -283,6 +283,19 @@ def test_train_writes_a_loadable_model_and_resume_continues(stones: Path, tmp_pa
     assert epochs == [0, 1]
 
 
+def test_minutes_budget_stops_training_and_is_recorded(stones: Path, tmp_path: Path) -> None:
+    """``--minutes`` ends the run at the first step past the budget, however many epochs were
+    asked for; the model of the finished epoch is still written."""
+    run = tmp_path / "run"
+    args = TRAIN_ARGS[: TRAIN_ARGS.index("--max-iterations")]
+    command = ["train", "detect", str(stones), "--out", str(run), "--epochs", "50"]
+    assert run_cli([*command, "--minutes", "0.0001", *args]) == 0
+    with open(run / "metrics.csv") as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [0]
+    card = json.loads((run / "model" / "model.json").read_text())
+    assert card["training"]["minutes"] == 0.0001 and card["training"]["device"] == "cpu"
+
+
 def test_bad_dataset_fails_through_the_cli_with_exit_2_and_writes_nothing(
     stones: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

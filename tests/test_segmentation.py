@@ -115,6 +115,26 @@ def test_resume_continues_from_the_saved_iteration(hippocampus_run: Path, tmp_pa
     assert (run / "log.csv").read_text().splitlines()[-1].startswith("3,")
 
 
+def test_ema_decay_validates_and_ships_the_moving_average(examples: Path, tmp_path: Path) -> None:
+    """With ``--ema-decay`` the shipped weights are the checkpoint's averaged weights, not the
+    last step's, and the card says so."""
+    out = tmp_path / "ema"
+    code = train(
+        examples / "hippocampus", out, "--iterations", "3", "--batch-size", "2", "--lr", "0.01",
+        "--labels", "1=anterior,2=posterior", "--val-cases", "hippocampus_001",
+        "--ema-decay", "0.5", "--val-every", "3",
+    )  # fmt: skip
+    assert code == 0
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    network, card = load_model(out / "model")
+    assert card.training["ema_decay"] == 0.5
+    shipped = network.state_dict()
+    averaged = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items()}
+    name = next(k for k, v in shipped.items() if v.is_floating_point() and v.numel() > 100)
+    assert torch.equal(shipped[name], averaged[name])
+    assert not torch.equal(shipped[name], checkpoint["model"][name])
+
+
 def test_torchrun_trains_with_two_processes_and_one_writer(examples: Path, tmp_path: Path) -> None:
     """``torchrun -m medlens train seg`` runs DDP (gloo on CPU): both ranks train, rank 0
     alone validates and writes the model, whose card records the two processes."""
