@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from medlens.cli import main
 from medlens.detect.boxes import Boxes, box_iou
@@ -294,6 +296,20 @@ def test_minutes_budget_stops_training_and_is_recorded(stones: Path, tmp_path: P
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [0]
     card = json.loads((run / "model" / "model.json").read_text())
     assert card["training"]["minutes"] == 0.0001 and card["training"]["device"] == "cpu"
+
+
+def test_ema_decay_ships_the_averaged_detector(stones: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    command = ["train", "detect", str(stones), "--out", str(run), "--epochs", "1"]
+    assert run_cli([*command, "--ema-decay", "0.5", "--lr", "0.01", *TRAIN_ARGS]) == 0
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    shipped = load_file(run / "model" / "model.safetensors")
+    averaged = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items()}
+    name = next(k for k, v in shipped.items() if v.is_floating_point() and v.numel() > 100)
+    assert torch.equal(shipped[name], averaged[name].cpu())
+    assert not torch.equal(shipped[name], checkpoint["model"][name].cpu())
+    card = json.loads((run / "model" / "model.json").read_text())
+    assert card["training"]["ema_decay"] == 0.5
 
 
 def test_bad_dataset_fails_through_the_cli_with_exit_2_and_writes_nothing(

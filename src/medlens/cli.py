@@ -265,6 +265,10 @@ def train_detect(
         float | None,
         typer.Option(help="Time budget: the cosine schedule ends and training stops by then."),
     ] = None,
+    ema_decay: Annotated[
+        float | None,
+        typer.Option(help="Validate and ship a moving average of the weights (e.g. 0.999)."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only N training images.")] = None,
     val_limit: Annotated[int | None, typer.Option(help="Use only N validation images.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
@@ -297,6 +301,7 @@ def train_detect(
         resume=resume,
         max_iterations=max_iterations,
         minutes=minutes,
+        ema_decay=ema_decay,
         limit=limit,
         val_limit=val_limit,
         threads=threads,

@@ -57,6 +57,7 @@ class DetectTrainConfig:
     init: Path | None = None
     max_iterations: int | None = None
     minutes: float | None = None  # time budget of this run (the schedule ends by then)
+    ema_decay: float | None = None  # validate and ship a moving average of the weights
     limit: int | None = None
     val_limit: int | None = None
     resume: bool = False
@@ -287,11 +288,23 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         start_epoch = state["epoch"] + 1
         best = state["best_ap50"]
         log(f"resumed at epoch {start_epoch} (best AP50 {best:.4f})")
+    ema = None
+    if config.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # BatchNorm statistics are averaged too (use_buffers), so the average is usable as is
+        ema = AveragedModel(
+            network, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+        )
+        if config.resume and "ema" in state:
+            ema.load_state_dict(state["ema"])
+    # the weights that are validated and shipped: the moving average where there is one
+    evaluated = ema.module if ema is not None else network
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     sampler = CropSampler(input_size=config.input_size, crop_size=config.crop_size)
     box_augment, intensity_augment = default_box_augment(), default_intensity_augment()
-    detector = Detector(network, input_size=config.input_size, conf=0.01, device=str(device))
+    detector = Detector(evaluated, input_size=config.input_size, conf=0.01, device=str(device))
     card_base = ModelCard(
         name=config.model_name,
         task="detection",
@@ -323,6 +336,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             else str(config.init or "scratch"),
             "epochs": config.epochs,
             "minutes": config.minutes,
+            "ema_decay": config.ema_decay,
             "device": str(device),
             "precision": "fp16 AMP" if use_amp else "fp32",
             "batch_size": config.batch_size,
@@ -366,6 +380,8 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             torch.nn.utils.clip_grad_norm_(network.parameters(), 10.0)
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(network)
             scheduler.step()
             losses.append(float(loss["loss"].detach()))
             iteration += 1
@@ -406,8 +422,8 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
                     "val_boxes": int(sum(len(s.boxes) for s in val)),
                 },
             )
-            save_model(network.cpu(), model_out, card)
-            network.to(device, memory_format=torch.channels_last)
+            save_model(evaluated.cpu(), model_out, card)
+            evaluated.to(device, memory_format=torch.channels_last)
         state = {
             "model": network.state_dict(),
             "optimizer": compact_optimizer_state(optimizer.state_dict()),
@@ -417,6 +433,8 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             "best_ap50": best,
             "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
         }
+        if ema is not None:
+            state["ema"] = ema.state_dict()
         with atomic_output(checkpoint_path) as temporary:
             torch.save(state, temporary)
         _write_csv(history, out / "metrics.csv")
