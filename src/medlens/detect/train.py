@@ -252,16 +252,17 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
 
     run_started = time.perf_counter()
 
-    def out_of_time() -> bool:
-        return bool(config.minutes) and time.perf_counter() - run_started >= config.minutes * 60
+    def budget_spent() -> float:
+        """Share of the ``--minutes`` budget used so far (0 without a budget)."""
+        if not config.minutes:
+            return 0.0
+        return (time.perf_counter() - run_started) / (config.minutes * 60)
 
     def schedule(step: int) -> float:  # linear warm-up, then cosine to 2% of lr
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if config.minutes:  # with a time budget the cosine follows whichever ends first
-            elapsed = time.perf_counter() - run_started
-            progress = min(1.0, max(progress, elapsed / (config.minutes * 60)))
+        # with a time budget the cosine follows whichever of steps and time ends first
+        progress = min(1.0, max((step - warmup) / max(1, total_steps - warmup), budget_spent()))
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -290,14 +291,10 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         log(f"resumed at epoch {start_epoch} (best AP50 {best:.4f})")
     ema = None
     if config.ema_decay:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from medlens.train.averaging import moving_average
 
-        # BatchNorm statistics are averaged too (use_buffers), so the average is usable as is
-        ema = AveragedModel(
-            network, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
-        )
-        if config.resume and "ema" in state:
-            ema.load_state_dict(state["ema"])
+        saved = state.get("ema") if config.resume else None
+        ema = moving_average(network, decay=config.ema_decay, state=saved)
     # the weights that are validated and shipped: the moving average where there is one
     evaluated = ema.module if ema is not None else network
     use_amp = device.type == "cuda"
@@ -390,7 +387,9 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
                     f"epoch {epoch} step {step}/{steps_per_epoch} loss {losses[-1]:.4f} "
                     f"({time.perf_counter() - started:.0f} s)"
                 )
-            if (config.max_iterations and iteration >= config.max_iterations) or out_of_time():
+            if budget_spent() >= 1:
+                break
+            if config.max_iterations and iteration >= config.max_iterations:
                 break
         train_seconds = time.perf_counter() - started
         metrics = evaluate_detector(detector, val)
@@ -444,9 +443,10 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             f"sens@1FP {metrics['froc_sens_at_1fp']:.4f} "
             f"({train_seconds:.0f}+{row['val_seconds']:.0f} s)" + ("  * saved" if improved else "")
         )
-        if (config.max_iterations and iteration >= config.max_iterations) or out_of_time():
-            if out_of_time():
-                log(f"time budget of {config.minutes:g} minutes spent after epoch {epoch}")
+        if budget_spent() >= 1:
+            log(f"time budget of {config.minutes:g} minutes spent after epoch {epoch}")
+            break
+        if config.max_iterations and iteration >= config.max_iterations:
             break
     return {"best_ap50": best, **(history[-1] if history else {})}
 

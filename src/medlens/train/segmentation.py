@@ -626,14 +626,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     if config.ema_decay:
         if config.dp_epsilon is not None:
             raise MedlensError("--ema-decay cannot be combined with --dp-epsilon")
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from medlens.train.averaging import moving_average
 
-        # BatchNorm statistics are averaged too (use_buffers), so the average is usable as is
-        ema = AveragedModel(
-            network, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
-        )
-        if resume_state is not None and "ema" in resume_state:
-            ema.load_state_dict(resume_state["ema"])
+        ema = moving_average(network, decay=config.ema_decay, state=(resume_state or {}).get("ema"))
     # the weights that are validated and shipped: the moving average where there is one
     evaluated_network = ema.module if ema is not None else network
     training_network: torch.nn.Module = network
