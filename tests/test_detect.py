@@ -162,9 +162,12 @@ def test_coco_json_gives_the_same_boxes_as_yolo(stones: Path) -> None:
         np.testing.assert_allclose(a.boxes.xyxy, b.boxes.xyxy)
 
 
-def test_perfect_network_outputs_decode_back_to_the_augmented_labels(stones: Path) -> None:
-    """Crops, medlens.augment's flips/zoom/shift, targets, box encoding and decoding agree:
-    an ideal network scores AP 1 (through medlens.evaluate) and GIoU loss 0."""
+@pytest.mark.parametrize("mosaic_probability", [0.0, 1.0])
+def test_perfect_network_outputs_decode_back_to_the_augmented_labels(
+    stones: Path, mosaic_probability: float
+) -> None:
+    """Crops (and mosaics), medlens.augment's flips/zoom/shift, targets, box encoding and
+    decoding agree: an ideal network scores AP 1 (through medlens.evaluate) and GIoU loss 0."""
     import torch
 
     from medlens.detect.augment import CropSampler, default_box_augment, default_intensity_augment
@@ -185,6 +188,7 @@ def test_perfect_network_outputs_decode_back_to_the_augmented_labels(stones: Pat
             1,
             box_augment=default_box_augment(),
             intensity_augment=default_intensity_augment(),
+            mosaic_probability=mosaic_probability,
             generator=generator,
         )
         assert images.shape == (len(samples), 1, 128, 128)
@@ -200,8 +204,11 @@ def test_perfect_network_outputs_decode_back_to_the_augmented_labels(stones: Pat
     assert box_list_metrics(found, truth)[0]["ap50"] == pytest.approx(1.0)
 
 
-def test_box_augment_moves_stone_boxes_with_the_bright_stone_pixels(stones: Path) -> None:
-    """After medlens.augment's zoom/shift/flip the box still frames the bright stone."""
+@pytest.mark.parametrize("mosaic_probability", [0.0, 1.0])
+def test_box_augment_moves_stone_boxes_with_the_bright_stone_pixels(
+    stones: Path, mosaic_probability: float
+) -> None:
+    """After mosaic and medlens.augment's zoom/shift/flip the box still frames the stone."""
     import torch
 
     from medlens.detect.augment import CropSampler, default_box_augment
@@ -217,6 +224,7 @@ def test_box_augment_moves_stone_boxes_with_the_bright_stone_pixels(stones: Path
         np.random.default_rng(1),
         1,
         box_augment=default_box_augment(),
+        mosaic_probability=mosaic_probability,
         generator=torch.Generator().manual_seed(1),
     )
     checked = 0
@@ -310,6 +318,38 @@ def test_ema_decay_ships_the_averaged_detector(stones: Path, tmp_path: Path) -> 
     assert not torch.equal(shipped[name], checkpoint["model"][name].cpu())
     card = json.loads((run / "model" / "model.json").read_text())
     assert card["training"]["ema_decay"] == 0.5
+
+
+def test_mosaic_joins_four_windows_and_keeps_each_box_with_its_pixels() -> None:
+    from medlens.detect.augment import mosaic
+
+    windows = []
+    for value in (50, 100, 150, 200):  # each window one grey level with one centred box
+        pixels = np.full((64, 64), value, np.uint8)
+        windows.append((pixels, Boxes(np.array([[28.0, 28.0, 36.0, 36.0]]), labels=[value])))
+    pixels, boxes = mosaic(windows, np.random.default_rng(3))
+    assert pixels.shape == (64, 64) and set(np.unique(pixels)) == {50, 100, 150, 200}
+    for (x0, y0, x1, y1), value in zip(boxes.xyxy, boxes.labels, strict=True):
+        assert (pixels[int(y0) : int(y1), int(x0) : int(x1)] == value).all()
+    with pytest.raises(ValueError, match="4 windows"):
+        mosaic(windows[:3], np.random.default_rng(0))
+
+
+def test_mosaic_weight_decay_and_train_ap_are_options_recorded_in_the_run(
+    stones: Path, tmp_path: Path
+) -> None:
+    """Regularisation options reach the card; each epoch scores training images beside val."""
+    run = tmp_path / "run"
+    command = ["train", "detect", str(stones), "--out", str(run), "--epochs", "1"]
+    options = ["--mosaic", "1", "--weight-decay", "0.05", "--train-eval-images", "2"]
+    assert run_cli([*command, *options, *TRAIN_ARGS]) == 0
+    card = json.loads((run / "model" / "model.json").read_text())
+    assert card["training"]["weight_decay"] == 0.05
+    assert card["training"]["augmentation"].startswith("mosaic of 4 windows with probability 1")
+    assert "--mosaic 1" in card["training"]["command"]
+    with open(run / "metrics.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert 0.0 <= float(row["train_ap50"]) <= 1.0
 
 
 def test_bad_dataset_fails_through_the_cli_with_exit_2_and_writes_nothing(

@@ -269,6 +269,13 @@ def train_detect(
         float | None,
         typer.Option(help="Validate and ship a moving average of the weights (e.g. 0.999)."),
     ] = None,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    mosaic: Annotated[
+        float, typer.Option(help="Share of training windows that are a mosaic of 4 images.")
+    ] = 0.0,
+    train_eval_images: Annotated[
+        int, typer.Option(help="Training images scored each epoch beside val (0: none).")
+    ] = 100,
     limit: Annotated[int | None, typer.Option(help="Use only N training images.")] = None,
     val_limit: Annotated[int | None, typer.Option(help="Use only N validation images.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
@@ -302,6 +309,9 @@ def train_detect(
         max_iterations=max_iterations,
         minutes=minutes,
         ema_decay=ema_decay,
+        weight_decay=weight_decay,
+        mosaic=mosaic,
+        train_eval_images=train_eval_images,
         limit=limit,
         val_limit=val_limit,
         threads=threads,

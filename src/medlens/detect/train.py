@@ -22,7 +22,12 @@ import torch
 
 from medlens.augment.boxes import BoxAugment2D
 from medlens.augment.intensity import IntensityAugment
-from medlens.detect.augment import CropSampler, default_box_augment, default_intensity_augment
+from medlens.detect.augment import (
+    CropSampler,
+    default_box_augment,
+    default_intensity_augment,
+    mosaic,
+)
 from medlens.detect.boxes import Boxes
 from medlens.detect.centernet import centernet_loss, make_targets
 from medlens.detect.data import DetectionSample, load_detection_data
@@ -58,6 +63,8 @@ class DetectTrainConfig:
     max_iterations: int | None = None
     minutes: float | None = None  # time budget of this run (the schedule ends by then)
     ema_decay: float | None = None  # validate and ship a moving average of the weights
+    mosaic: float = 0.0  # share of training windows made of four images (YOLO's mosaic)
+    train_eval_images: int = 100  # training images scored each epoch beside val (overfitting)
     limit: int | None = None
     val_limit: int | None = None
     resume: bool = False
@@ -82,16 +89,23 @@ def make_batch(
     *,
     box_augment: BoxAugment2D | None = None,
     intensity_augment: IntensityAugment | None = None,
+    mosaic_probability: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Boxes]]:
     """Normalised ``(B, 1, S, S)`` crops, their CenterNet targets and their boxes.
 
-    Windows come from ``sampler``; flips, zoom and shift (boxes moved exactly) and intensity
-    changes are the batched :mod:`medlens.augment` transforms, applied on 0..1 pixels.
+    Windows come from ``sampler`` (with ``mosaic_probability``, a window is a mosaic of this
+    sample's and three random samples' windows); flips, zoom and shift (boxes moved exactly)
+    and intensity changes are the batched :mod:`medlens.augment` transforms, on 0..1 pixels.
     """
     crops, crop_boxes = [], []
     for index in indices:
-        pixels, boxes = sampler(samples[index].pixels, samples[index].boxes, rng)
+        if mosaic_probability and rng.random() < mosaic_probability:
+            chosen = [index, *rng.integers(len(samples), size=3)]
+            windows = [sampler(samples[i].pixels, samples[i].boxes, rng) for i in chosen]
+            pixels, boxes = mosaic(windows, rng, min_visible=sampler.min_visible)
+        else:
+            pixels, boxes = sampler(samples[index].pixels, samples[index].boxes, rng)
         crops.append(pixels)
         crop_boxes.append(boxes)
     images = torch.from_numpy(np.stack(crops)).float()[:, None] / 255.0
@@ -170,6 +184,12 @@ def _plot(history: list[dict[str, float]], path: Path) -> None:
     left.set_yscale("log")
     left.legend()
     right.plot(epochs, [h["ap50"] for h in history], label="val AP@0.5")
+    if any("train_ap50" in h for h in history):  # the gap to val shows over-fitting
+        right.plot(
+            epochs,
+            [h.get("train_ap50", float("nan")) for h in history],
+            label="train AP@0.5 (unaugmented subset)",
+        )
     right.plot(epochs, [h["froc_sens_at_1fp"] for h in history], label="val sens @ 1 FP/image")
     right.axhline(0.92, color="grey", linestyle=":", label="target 0.92")
     right.set_ylim(0, 1)
@@ -301,6 +321,12 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     sampler = CropSampler(input_size=config.input_size, crop_size=config.crop_size)
     box_augment, intensity_augment = default_box_augment(), default_intensity_augment()
+    # a fixed, evenly spread subset of training images, scored like val (no augmentation)
+    train_scored = (
+        [train[i] for i in np.linspace(0, len(train) - 1, config.train_eval_images, dtype=int)]
+        if config.train_eval_images and train
+        else []
+    )
     detector = Detector(evaluated, input_size=config.input_size, conf=0.01, device=str(device))
     card_base = ModelCard(
         name=config.model_name,
@@ -339,8 +365,10 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             "batch_size": config.batch_size,
             "crop_size": config.crop_size,
             "lr": config.lr,
+            "weight_decay": config.weight_decay,
             "augmentation": (
-                f"{sampler} then medlens.augment {box_augment} and {intensity_augment}"
+                (f"mosaic of 4 windows with probability {config.mosaic}, " if config.mosaic else "")
+                + f"{sampler} then medlens.augment {box_augment} and {intensity_augment}"
             ),
         },
     )
@@ -364,6 +392,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
                 num_classes,
                 box_augment=box_augment,
                 intensity_augment=intensity_augment,
+                mosaic_probability=config.mosaic,
                 generator=generator,
             )
             images = images.to(device, memory_format=torch.channels_last)
@@ -393,6 +422,8 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
                 break
         train_seconds = time.perf_counter() - started
         metrics = evaluate_detector(detector, val)
+        if train_scored:
+            metrics["train_ap50"] = evaluate_detector(detector, train_scored)["ap50"]
         row = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),
@@ -440,7 +471,8 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         _plot(history, out / "metrics.png")
         log(
             f"epoch {epoch}: loss {row['train_loss']:.4f} AP50 {metrics['ap50']:.4f} "
-            f"sens@1FP {metrics['froc_sens_at_1fp']:.4f} "
+            + (f"(train {metrics['train_ap50']:.4f}) " if "train_ap50" in metrics else "")
+            + f"sens@1FP {metrics['froc_sens_at_1fp']:.4f} "
             f"({train_seconds:.0f}+{row['val_seconds']:.0f} s)" + ("  * saved" if improved else "")
         )
         if budget_spent() >= 1:
