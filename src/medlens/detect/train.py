@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import shlex
 import sys
 import time
@@ -37,6 +36,7 @@ from medlens.errors import MedlensError
 from medlens.evaluate.detection import box_list_metrics
 from medlens.io.atomic import atomic_output
 from medlens.models.zoo import ModelCard, save_model
+from medlens.train.schedules import warmup_cosine
 
 ARCHITECTURE = "CenterNetDetector"
 
@@ -278,12 +278,10 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             return 0.0
         return (time.perf_counter() - run_started) / (config.minutes * 60)
 
-    def schedule(step: int) -> float:  # linear warm-up, then cosine to 2% of lr
-        if step < warmup:
-            return (step + 1) / warmup
-        # with a time budget the cosine follows whichever of steps and time ends first
-        progress = min(1.0, max((step - warmup) / max(1, total_steps - warmup), budget_spent()))
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
+    def schedule(step: int) -> float:
+        return warmup_cosine(
+            step, warmup_steps=warmup, total_steps=total_steps, time_progress=budget_spent()
+        )
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     history: list[dict[str, float]] = []

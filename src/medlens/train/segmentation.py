@@ -47,6 +47,7 @@ from medlens.models.segmentation import (
     label_to_network_array,
     make_plan,
 )
+from medlens.train.schedules import warmup_cosine
 
 
 @dataclasses.dataclass
@@ -364,12 +365,13 @@ def command_line(context: Any) -> str:
 
 def _learning_rate(step: int, config: TrainConfig, elapsed_s: float = 0.0) -> float:
     """Linear warm-up, then cosine decay to 2% over iterations or the time budget."""
-    if step < config.warmup:
-        return config.learning_rate * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.iterations - config.warmup)
-    if config.minutes:
-        progress = max(progress, elapsed_s / (config.minutes * 60))
-    return config.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    time_progress = elapsed_s / (config.minutes * 60) if config.minutes else 0.0
+    return config.learning_rate * warmup_cosine(
+        step,
+        warmup_steps=config.warmup,
+        total_steps=config.iterations,
+        time_progress=time_progress,
+    )
 
 
 def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
