@@ -266,6 +266,8 @@ def test_train_writes_a_loadable_model_and_resume_continues(stones: Path, tmp_pa
     assert card["task"] == "detection" and card["labels"] == {"0": "stone"}
     assert "train detect" in card["training"]["command"]
     assert {"val_ap50", "val_froc_sens_at_1fp"} <= set(card["metrics"])
+    low, high = card["metrics"]["val_ap50_ci95"]  # image bootstrap around the val AP50
+    assert low <= card["metrics"]["val_ap50"] <= high
     assert (run / "metrics.png").stat().st_size > 0
     detector, _ = load_detector(run / "model")
     assert detector.input_size == 128

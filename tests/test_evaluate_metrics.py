@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from medlens.evaluate import (
     average_precision,
+    average_precision_ci,
     binary_metrics,
     box_iou,
     detection_metrics,
@@ -349,3 +350,33 @@ def test_ap_matches_pycocotools_on_kidney_stone_labels(shared_data):
     assert row["map50_95"] == pytest.approx(np.mean(coco_ap[2:]), abs=1e-6)
     assert 0.3 < row["ap50"] < 0.95  # a realistic, non-trivial operating point
     assert 0 < row["cpm"] <= 1 and row["n_gt"] == 152
+
+
+def test_average_precision_ci_brackets_the_ap_of_all_images_and_narrows_with_more_images(
+    shared_data,
+):
+    """The point estimate is exactly the AP of all images; resampling images gives an
+    interval around it that shrinks when the same kind of data has four times the images."""
+    pred, scores, pred_ids, gt, gt_ids, num_images = _synthetic_detections(shared_data)
+    images = list(range(num_images))
+    ap, low, high = average_precision_ci(
+        pred, scores, pred_ids, gt, gt_ids, image_ids=images, num_resamples=300
+    )
+    assert ap == pytest.approx(average_precision(pred, scores, pred_ids, gt, gt_ids))
+    assert low < ap < high and high - low > 0.02  # 152 boxes: AP is uncertain by points
+    repeated = [np.concatenate([np.asarray(a)] * 4) for a in (pred, scores, gt)]
+    ids = [
+        np.concatenate([np.asarray(i) + k * num_images for k in range(4)])
+        for i in (pred_ids, gt_ids)
+    ]
+    four_ap, four_low, four_high = average_precision_ci(
+        repeated[0],
+        repeated[1],
+        ids[0],
+        repeated[2],
+        ids[1],
+        image_ids=range(4 * num_images),
+        num_resamples=300,
+    )
+    assert four_ap == pytest.approx(ap)
+    assert four_high - four_low < 0.7 * (high - low)
