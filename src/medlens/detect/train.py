@@ -33,7 +33,11 @@ from medlens.detect.data import DetectionSample, load_detection_data
 from medlens.detect.model import GREY_MEAN, GREY_STD, OUTPUT_STRIDE, CenterNetDetector
 from medlens.detect.predict import Detector
 from medlens.errors import MedlensError
-from medlens.evaluate.detection import average_precision_ci, box_list_metrics
+from medlens.evaluate.detection import (
+    average_precision_ci,
+    box_list_metrics,
+    flatten_box_lists,
+)
 from medlens.io.atomic import atomic_output
 from medlens.models.zoo import ModelCard, save_model
 from medlens.train.schedules import warmup_cosine
@@ -131,28 +135,23 @@ def make_batch(
     return images, stacked, crop_boxes
 
 
-def _flat(boxes: list[Boxes]) -> tuple[np.ndarray, ...]:
-    """Corners, scores and image indices of per-image box lists, concatenated."""
-    ids = np.concatenate([np.full(len(b), i) for i, b in enumerate(boxes)] or [np.zeros(0)])
-    xyxy = np.concatenate([b.xyxy for b in boxes] or [np.zeros((0, 4))]).reshape(-1, 4)
-    scores = np.concatenate([b.scores for b in boxes] or [np.zeros(0)])
-    return xyxy, scores, ids
-
-
-def evaluate_detector(detector: Detector, samples: list[DetectionSample]) -> dict[str, float]:
+def evaluate_detector(
+    detector: Detector, samples: list[DetectionSample], *, interval: bool = True
+) -> dict[str, float]:
     """Validation metrics through :mod:`medlens.evaluate` (mean over classes).
 
     AP at IoU 0.5 and 0.75 (COCO 101-point) with the 95% image-bootstrap interval of AP50
-    (``ap50_low``, ``ap50_high``; single class only), mAP@[.5:.95], and FROC sensitivity at
-    0.5, 1 and 2 false positives per image, a lesion counting as found at IoU >= 0.5
-    (``froc_sens_*``) and at LUNA16's looser IoU >= 0.1 (``froc01_sens_*``).
+    (``ap50_low``, ``ap50_high``; single class, unless ``interval=False``), mAP@[.5:.95],
+    and FROC sensitivity at 0.5, 1 and 2 false positives per image, a lesion counting as found
+    at IoU >= 0.5 (``froc_sens_*``) and at LUNA16's looser IoU >= 0.1 (``froc01_sens_*``).
     """
     found = detector([s.pixels for s in samples])
     truth = [s.boxes for s in samples]
-    interval = {}
-    if {int(c) for b in truth for c in b.labels} | {int(c) for b in found for c in b.labels} <= {0}:
-        pred_xyxy, pred_scores, pred_ids = _flat(found)
-        truth_xyxy, _, truth_ids = _flat(truth)
+    bounds = {}
+    labels = {int(c) for b in truth for c in b.labels} | {int(c) for b in found for c in b.labels}
+    if interval and labels <= {0}:
+        pred_xyxy, pred_scores, _, pred_ids = flatten_box_lists(found)
+        truth_xyxy, _, _, truth_ids = flatten_box_lists(truth, scores=False)
         _, low, high = average_precision_ci(
             pred_xyxy,
             pred_scores,
@@ -162,7 +161,7 @@ def evaluate_detector(detector: Detector, samples: list[DetectionSample]) -> dic
             image_ids=range(len(samples)),
             num_resamples=1000,
         )
-        interval = {"ap50_low": low, "ap50_high": high}
+        bounds = {"ap50_low": low, "ap50_high": high}
     strict = box_list_metrics(found, truth, froc_iou_threshold=0.5)
     loose = box_list_metrics(found, truth, froc_iou_threshold=0.1)
 
@@ -170,7 +169,7 @@ def evaluate_detector(detector: Detector, samples: list[DetectionSample]) -> dic
         values = [row[key] for row in rows if row["n_gt"] > 0]
         return float(np.mean(values)) if values else float("nan")
 
-    metrics = {"ap50": mean(strict, "ap50"), "ap75": mean(strict, "ap75"), **interval}
+    metrics = {"ap50": mean(strict, "ap50"), "ap75": mean(strict, "ap75"), **bounds}
     metrics["map50_95"] = mean(strict, "map50_95")
     for rate in ("0.5", "1", "2"):
         metrics[f"froc_sens_at_{rate}fp"] = mean(strict, f"froc_{rate}")
@@ -452,7 +451,9 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         train_seconds = time.perf_counter() - started
         metrics = evaluate_detector(detector, val)
         if train_scored:
-            metrics["train_ap50"] = evaluate_detector(detector, train_scored)["ap50"]
+            metrics["train_ap50"] = evaluate_detector(detector, train_scored, interval=False)[
+                "ap50"
+            ]
         row = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),

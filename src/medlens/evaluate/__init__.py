@@ -18,6 +18,7 @@ from medlens.evaluate.detection import (
     box_iou,
     box_list_metrics,
     detection_metrics,
+    flatten_box_lists,
     froc,
     match_detections,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "box_iou",
     "box_list_metrics",
     "detection_metrics",
+    "flatten_box_lists",
     "froc",
     "match_detections",
     "paired_comparison",

@@ -383,6 +383,36 @@ def detection_metrics(
     return rows
 
 
+def flatten_box_lists(
+    lists: Sequence[Any], *, width: int = 4, scores: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image box lists -> ``(corners, scores, labels, image_indices)`` over all images.
+
+    ``lists[i]`` has ``xyxy`` ``(N, width)`` corners and ``labels`` (and ``scores`` unless
+    ``scores=False``, e.g. ground truth: then the scores come back empty).
+
+    Example:
+        >>> from types import SimpleNamespace as Box
+        >>> one = Box(xyxy=np.array([[0.0, 0, 1, 1]]), scores=np.array([0.9]), labels=[0])
+        >>> none = Box(xyxy=np.zeros((0, 4)), scores=np.zeros(0), labels=[])
+        >>> [a.tolist() for a in flatten_box_lists([none, one])]
+        [[[0.0, 0.0, 1.0, 1.0]], [0.9], [0], [1]]
+    """
+
+    def flat(field: str) -> np.ndarray:
+        parts = [np.asarray(getattr(b, field), dtype=np.float64).reshape(-1) for b in lists]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    corners = [np.reshape(b.xyxy, (-1, width)) for b in lists] or [np.zeros((0, width))]
+    indices = [np.full(len(b.xyxy), i) for i, b in enumerate(lists)] or [np.zeros(0)]
+    return (
+        np.concatenate(corners),
+        flat("scores") if scores else np.zeros(0),
+        flat("labels").astype(int),
+        np.concatenate(indices),
+    )
+
+
 def box_list_metrics(
     found: Sequence[Any],
     truth: Sequence[Any],
@@ -409,19 +439,16 @@ def box_list_metrics(
     if len(found) != len(truth):
         raise MedlensError(f"{len(found)} prediction lists for {len(truth)} images")
     width = next((np.shape(b.xyxy)[1] for b in [*found, *truth] if len(b.xyxy)), 4)
-
-    def flat(lists: Sequence[Any], field: str) -> np.ndarray:
-        parts = [np.asarray(getattr(b, field), dtype=np.float64).reshape(-1) for b in lists]
-        return np.concatenate(parts) if parts else np.zeros(0)
-
+    pred_boxes, pred_scores, pred_labels, pred_ids = flatten_box_lists(found, width=width)
+    gt_boxes, _, gt_labels, gt_ids = flatten_box_lists(truth, width=width, scores=False)
     return detection_metrics(
-        np.concatenate([np.reshape(b.xyxy, (-1, width)) for b in found] or [np.zeros((0, width))]),
-        flat(found, "scores"),
-        np.concatenate([np.full(len(b.xyxy), i) for i, b in enumerate(found)] or [np.zeros(0)]),
-        np.concatenate([np.reshape(b.xyxy, (-1, width)) for b in truth] or [np.zeros((0, width))]),
-        np.concatenate([np.full(len(b.xyxy), i) for i, b in enumerate(truth)] or [np.zeros(0)]),
-        pred_labels=flat(found, "labels").astype(int),
-        gt_labels=flat(truth, "labels").astype(int),
+        pred_boxes,
+        pred_scores,
+        pred_ids,
+        gt_boxes,
+        gt_ids,
+        pred_labels=pred_labels,
+        gt_labels=gt_labels,
         num_images=len(truth),
         interpolation=interpolation,
         max_detections=max_detections,
