@@ -338,20 +338,31 @@ def test_mosaic_joins_four_windows_and_keeps_each_box_with_its_pixels() -> None:
 
 
 def test_mosaic_weight_decay_and_train_ap_are_options_recorded_in_the_run(
-    stones: Path, tmp_path: Path
+    stones: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Regularisation options reach the card; each epoch scores training images beside val."""
     run = tmp_path / "run"
     command = ["train", "detect", str(stones), "--out", str(run), "--epochs", "1"]
     options = ["--mosaic", "1", "--weight-decay", "0.05", "--train-eval-images", "2"]
-    assert run_cli([*command, *options, *TRAIN_ARGS]) == 0
+    assert run_cli([*command, *options, "--close-mosaic", "1", *TRAIN_ARGS]) == 0
     card = json.loads((run / "model" / "model.json").read_text())
     assert card["training"]["weight_decay"] == 0.05
-    assert card["training"]["augmentation"].startswith("mosaic of 4 windows with probability 1")
+    assert card["training"]["augmentation"].startswith(
+        "mosaic of 4 windows with probability 1.0 (off for the last 1 epochs)"
+    )
     assert "--mosaic 1" in card["training"]["command"]
+    assert "--close-mosaic 1" in card["training"]["command"]
+    assert "epoch 0: mosaic closed" in capsys.readouterr().out  # the only epoch is the last
     with open(run / "metrics.csv") as handle:
         (row,) = list(csv.DictReader(handle))
     assert 0.0 <= float(row["train_ap50"]) <= 1.0
+
+
+def test_mosaic_share_outside_0_1_is_refused(stones: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    command = ["train", "detect", str(stones), "--out", str(run), *TRAIN_ARGS]
+    assert run_cli([*command, "--mosaic", "1.5"]) == 2
+    assert not run.exists()
 
 
 def test_bad_dataset_fails_through_the_cli_with_exit_2_and_writes_nothing(

@@ -271,8 +271,17 @@ def train_detect(
     ] = None,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
     mosaic: Annotated[
-        float, typer.Option(help="Share of training windows that are a mosaic of 4 images.")
+        float,
+        typer.Option(
+            help="Share of training windows that are a mosaic of 4 images.", min=0.0, max=1.0
+        ),
     ] = 0.0,
+    close_mosaic: Annotated[
+        int,
+        typer.Option(
+            help="Train the last N epochs without mosaic (estimated under --minutes).", min=0
+        ),
+    ] = 0,
     train_eval_images: Annotated[
         int, typer.Option(help="Training images scored each epoch beside val (0: none).")
     ] = 100,
@@ -311,6 +320,7 @@ def train_detect(
         ema_decay=ema_decay,
         weight_decay=weight_decay,
         mosaic=mosaic,
+        close_mosaic=close_mosaic,
         train_eval_images=train_eval_images,
         limit=limit,
         val_limit=val_limit,

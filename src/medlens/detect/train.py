@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import shlex
 import sys
 import time
@@ -68,6 +69,7 @@ class DetectTrainConfig:
     minutes: float | None = None  # time budget of this run (the schedule ends by then)
     ema_decay: float | None = None  # validate and ship a moving average of the weights
     mosaic: float = 0.0  # share of training windows made of four images (YOLO's mosaic)
+    close_mosaic: int = 0  # last epochs without mosaic (YOLO's close_mosaic): intact box edges
     train_eval_images: int = 100  # training images scored each epoch beside val (overfitting)
     limit: int | None = None
     val_limit: int | None = None
@@ -133,6 +135,36 @@ def make_batch(
     ]
     stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
     return images, stacked, crop_boxes
+
+
+def mosaic_closed(
+    epoch: int,
+    *,
+    epochs: int,
+    close_epochs: int,
+    seconds_left: float | None = None,
+    seconds_per_epoch: float | None = None,
+) -> bool:
+    """Whether ``epoch`` is one of the last ``close_epochs`` epochs, which train without mosaic.
+
+    YOLO ends training on plain windows so that box edges are learned from intact objects. With a
+    time budget the run ends before ``epochs``: then the epochs left are estimated from
+    ``seconds_left`` in the budget and ``seconds_per_epoch`` measured so far.
+
+    Example:
+        >>> mosaic_closed(27, epochs=30, close_epochs=3)
+        True
+        >>> mosaic_closed(10, epochs=200, close_epochs=3, seconds_left=500, seconds_per_epoch=150)
+        False
+        >>> mosaic_closed(10, epochs=200, close_epochs=3, seconds_left=400, seconds_per_epoch=150)
+        True
+    """
+    if close_epochs <= 0:
+        return False
+    left = epochs - epoch
+    if seconds_left is not None and seconds_per_epoch:
+        left = min(left, math.ceil(max(seconds_left, 0.0) / seconds_per_epoch))
+    return left <= close_epochs
 
 
 def evaluate_detector(
@@ -395,7 +427,17 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             "lr": config.lr,
             "weight_decay": config.weight_decay,
             "augmentation": (
-                (f"mosaic of 4 windows with probability {config.mosaic}, " if config.mosaic else "")
+                (
+                    f"mosaic of 4 windows with probability {config.mosaic}"
+                    + (
+                        f" (off for the last {config.close_mosaic} epochs)"
+                        if config.close_mosaic
+                        else ""
+                    )
+                    + ", "
+                    if config.mosaic
+                    else ""
+                )
                 + f"{sampler} then medlens.augment {box_augment} and {intensity_augment}"
             ),
         },
@@ -407,6 +449,20 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         order = rng.permutation(len(train))
         started = time.perf_counter()
+        this_run = history[len(history) - (epoch - start_epoch) :] if epoch > start_epoch else []
+        closed = config.mosaic > 0 and mosaic_closed(
+            epoch,
+            epochs=config.epochs,
+            close_epochs=config.close_mosaic,
+            seconds_left=(1 - budget_spent()) * config.minutes * 60 if config.minutes else None,
+            seconds_per_epoch=float(
+                np.mean([h["train_seconds"] + h["val_seconds"] for h in this_run])
+            )
+            if this_run
+            else None,
+        )
+        if closed:
+            log(f"epoch {epoch}: mosaic closed (last {config.close_mosaic} epochs)")
         losses = []
         for step in range(steps_per_epoch):
             indices = order[step * config.batch_size : (step + 1) * config.batch_size]
@@ -420,7 +476,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
                 num_classes,
                 box_augment=box_augment,
                 intensity_augment=intensity_augment,
-                mosaic_probability=config.mosaic,
+                mosaic_probability=0.0 if closed else config.mosaic,
                 generator=generator,
             )
             images = images.to(device, memory_format=torch.channels_last)
