@@ -43,6 +43,12 @@ app.add_typer(train_app, name="train")
 SeriesOption = Annotated[
     str | None, typer.Option("--series", help="SeriesInstanceUID to pick from a DICOM folder.")
 ]
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        help="auto (ONNX Runtime on the CPU when installed, else PyTorch), torch or onnx."
+    ),
+]
 
 
 def _version_callback(value: bool) -> None:
@@ -734,6 +740,7 @@ def detect(
     conf: Annotated[float, typer.Option("--conf", help="Minimum box score (0..1).")] = 0.25,
     series: SeriesOption = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    engine: EngineOption = "auto",
 ) -> None:
     """Find objects (e.g. kidney stones) and write NAME.txt (YOLO + conf), NAME.json (px and mm),
     NAME.png overlays, detections.csv, and a DICOM SR measurement report for DICOM input.
@@ -755,6 +762,7 @@ def detect(
             conf=conf,
             series_uid=series,
             device=device,
+            engine=engine,
             progress=lambda: progress.advance(task),
         )
     boxes = sum(len(r["boxes"]) for r in records)
@@ -823,6 +831,7 @@ def predict(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    engine: EngineOption = "auto",
     series: SeriesOption = None,
     batch_size: Annotated[int, typer.Option(help="Sliding-window patches per network batch.")] = 8,
     postprocess: Annotated[
@@ -849,6 +858,7 @@ def predict(
         source,
         output,
         device=device,
+        engine=engine,
         tta=tta,
         overwrite=overwrite,
         series=series,

@@ -22,6 +22,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from medlens.detect.boxes import Boxes
 from medlens.detect.data import IMAGE_SUFFIXES
@@ -45,9 +46,16 @@ class Slice:
 
 
 def load_detector(
-    model: str | Path, *, conf: float = 0.25, device: str = "cpu"
+    model: str | Path,
+    *,
+    conf: float = 0.25,
+    device: str = "cpu",
+    engine: str = "auto",
+    cache_dir: str | Path | None = None,
 ) -> tuple[Detector, Any]:
+    """Detector and card of a detection model; ``engine``: auto, torch or onnx (CPU)."""
     import medlens.detect  # noqa: F401  (registers the architecture)
+    from medlens.compress.onnx import inference_engine
     from medlens.models.zoo import load_model
 
     network, card = load_model(model, device=device)
@@ -58,6 +66,14 @@ def load_detector(
         )
     size = int(card.input.get("long_side_px", 384))
     nms = float(card.preprocessing.get("nms_iou", 0.5))
+    network = inference_engine(
+        network,
+        torch.zeros(1, int(card.input.get("channels", 1)), size, size),
+        engine=engine,
+        device=device,
+        weights_sha256=card.sha256,
+        cache_dir=cache_dir,
+    )
     return Detector(network, input_size=size, conf=conf, nms_iou=nms, device=device), card
 
 
@@ -318,10 +334,11 @@ def run_detection(
     conf: float = 0.25,
     series_uid: str | None = None,
     device: str = "cpu",
+    engine: str = "auto",
     progress: Any = None,
 ) -> list[dict[str, Any]]:
     """Detect on ``source`` and write all outputs into ``out``; returns the JSON records."""
-    detector, card = load_detector(model, conf=conf, device=device)
+    detector, card = load_detector(model, conf=conf, device=device, engine=engine)
     names = dict(card.labels)
     slices = collect_slices(source, series_uid=series_uid)
     out = Path(out)

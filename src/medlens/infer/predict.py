@@ -46,10 +46,20 @@ class PredictionJob:
 
 
 def load_segmenter(
-    model: str | Path, *, device: str = "cpu"
+    model: str | Path,
+    *,
+    device: str = "cpu",
+    engine: str = "auto",
+    cache_dir: str | Path | None = None,
 ) -> tuple[torch.nn.Module, SegmentationPlan, object]:
-    """Network (eval mode), plan and card of a shipped segmentation model."""
+    """Network (eval mode), plan and card of a shipped segmentation model.
+
+    ``engine``: ``torch``, ``onnx`` (ONNX Runtime on the CPU) or ``auto`` (ONNX Runtime on
+    the CPU unless the model runs bf16 there, see :mod:`medlens.compress.onnx`).
+    """
     import medlens.models.segmentation  # noqa: F401  (registers Lite0UNet)
+    from medlens.compress.onnx import inference_engine
+    from medlens.infer.segmentation import uses_amp
     from medlens.models.zoo import load_model
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -63,6 +73,16 @@ def load_segmenter(
     if plan.dims == 2:  # channels-last: ~15% faster depthwise/2D convolutions on CPU
         network = network.to(memory_format=torch.channels_last)
     plan.labels = {int(k): v for k, v in card.labels.items()}
+    if engine == "auto" and uses_amp(torch.device(device), plan):
+        engine = "torch"  # bf16 autocast on this CPU beats float32 ONNX Runtime
+    network = inference_engine(
+        network,
+        torch.zeros(1, plan.in_channels, *plan.patch_size),
+        engine=engine,
+        device=device,
+        weights_sha256=card.sha256,
+        cache_dir=cache_dir,
+    )
     return network, plan, card
 
 
@@ -180,6 +200,7 @@ def predict_paths(
     output: str | Path,
     *,
     device: str = "cpu",
+    engine: str = "auto",
     tta: bool | None = None,
     overwrite: bool = False,
     series: str | None = None,
@@ -199,7 +220,7 @@ def predict_paths(
     """
     from rich.progress import Progress
 
-    network, plan, card = load_segmenter(model, device=device)
+    network, plan, card = load_segmenter(model, device=device, engine=engine)
     if tta is None:  # the plan decides (nnU-Net mirrors by default)
         tta = plan.test_time_mirroring
     jobs = plan_jobs(Path(source), Path(output), plan, overwrite=overwrite)

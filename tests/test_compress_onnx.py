@@ -1,0 +1,134 @@
+"""ONNX export and the ONNX Runtime engine: same outputs as PyTorch, cached once, CLI switch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from medlens.cli import main
+from medlens.compress.onnx import (
+    OnnxNetwork,
+    cached_onnx_network,
+    export_onnx,
+    inference_engine,
+)
+from medlens.errors import MedlensError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return int(exit_info.value.code or 0)
+
+
+def test_detector_export_reproduces_every_output_at_other_batch_and_image_sizes(
+    tmp_path: Path,
+) -> None:
+    from medlens.detect.model import CenterNetDetector
+
+    torch.manual_seed(0)
+    network = CenterNetDetector(num_classes=2, box_encoding="ltrb").eval()
+    path = export_onnx(network, torch.rand(1, 1, 128, 128), tmp_path / "det.onnx")
+    engine = OnnxNetwork(path, threads=1)
+    x = torch.rand(3, 1, 96, 160)  # traced at 1x128x128: batch and spatial axes are dynamic
+    with torch.inference_mode():
+        expected = network(x)
+    got = engine(x.contiguous(memory_format=torch.channels_last))
+    assert set(got) == {"heatmap", "ltrb"}
+    for name in got:
+        assert got[name].shape == expected[name].shape
+        torch.testing.assert_close(got[name], expected[name], atol=1e-4, rtol=1e-4)
+    assert network.training is False
+
+
+def test_segmentation_network_export_returns_a_tensor_like_the_module(tmp_path: Path) -> None:
+    from medlens.models.lite_unet import Lite0UNet
+
+    torch.manual_seed(0)
+    network = Lite0UNet(in_channels=3, out_channels=2).train()
+    path = export_onnx(network, torch.rand(1, 3, 64, 64), tmp_path / "seg.onnx")
+    assert network.training  # the caller's mode comes back
+    network.eval()
+    x = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        expected = network(x)
+    got = OnnxNetwork(path, threads=1)(x)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_cache_exports_once_per_weights_digest(tmp_path: Path) -> None:
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1)).eval()
+    example = torch.rand(1, 1, 16, 16)
+    cached_onnx_network(network, example, weights_sha256="a" * 64, cache_dir=tmp_path)
+    (first,) = tmp_path.glob("*.onnx")
+    stamp = first.stat().st_mtime_ns
+    cached_onnx_network(network, example, weights_sha256="a" * 64, cache_dir=tmp_path)
+    assert first.stat().st_mtime_ns == stamp  # reused, not exported again
+    cached_onnx_network(network, example, weights_sha256="b" * 64, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.onnx"))) == 2  # changed weights: a new graph
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_engine_choice_and_its_errors(tmp_path: Path) -> None:
+    network = torch.nn.Conv2d(1, 1, 1).eval()
+    example = torch.rand(1, 1, 8, 8)
+    options = {"weights_sha256": "c" * 64, "cache_dir": tmp_path}
+    assert inference_engine(network, example, engine="torch", **options) is network
+    assert inference_engine(network, example, engine="auto", device="cuda", **options) is network
+    assert isinstance(inference_engine(network, example, engine="auto", **options), OnnxNetwork)
+    with pytest.raises(MedlensError, match="unknown engine 'fast'"):
+        inference_engine(network, example, engine="fast", **options)
+    with pytest.raises(MedlensError, match="runs on the CPU"):
+        inference_engine(network, example, engine="onnx", device="cuda", **options)
+
+
+def test_detect_gives_the_same_stones_with_onnx_runtime_and_pytorch(
+    examples: Path, tmp_path: Path
+) -> None:
+    if not (ROOT / "models" / "kidney-stones" / "model.json").is_file():
+        pytest.skip("models/kidney-stones not trained yet")
+    images = examples / "kidney-stones" / "images"
+    outputs = {}
+    for engine in ("torch", "onnx"):
+        out = tmp_path / engine
+        assert run_cli(["detect", "kidney-stones", str(images), str(out), "--engine", engine]) == 0
+        outputs[engine] = {p.name: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    assert outputs["torch"].keys() == outputs["onnx"].keys() and outputs["torch"]
+    for name, record in outputs["torch"].items():
+        theirs = outputs["onnx"][name]["boxes"]
+        assert len(record["boxes"]) == len(theirs)
+        for ours, other in zip(record["boxes"], theirs, strict=True):
+            assert np.allclose(ours["xyxy_px"], other["xyxy_px"], atol=0.05)
+            assert abs(ours["score"] - other["score"]) < 1e-3
+
+
+def test_predict_gives_the_same_polyp_masks_with_onnx_runtime_and_pytorch(
+    examples: Path, tmp_path: Path
+) -> None:
+    if not (ROOT / "models" / "polyp" / "model.json").is_file():
+        pytest.skip("models/polyp not trained yet")
+    frames = examples / "kvasir" / "images"
+    masks = {}
+    for engine in ("torch", "onnx"):
+        out = tmp_path / engine
+        assert run_cli(["predict", "polyp", str(frames), str(out), "--engine", engine]) == 0
+        masks[engine] = {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in out.glob("*")}
+    assert masks["torch"].keys() == masks["onnx"].keys() and masks["torch"]
+    for name, mask in masks["torch"].items():
+        differing = np.mean(mask != masks["onnx"][name])
+        assert differing < 1e-4, name  # float rounding may flip a boundary pixel, no more
+        assert mask.any()
+
+
+def test_class_argmax_matches_torch_argmax() -> None:
+    from medlens.infer.segmentation import class_argmax
+
+    probabilities = torch.rand(4, 7, 9, 5)
+    assert torch.equal(class_argmax(probabilities), probabilities.argmax(0).to(torch.uint8))
