@@ -125,6 +125,9 @@ class OnnxNetwork(torch.nn.Module):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle ORT threads must not spin: they would steal the 2 cores from the pre- and
+        # post-processing (letterbox, decode, NMS) that runs between calls
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
         )
