@@ -36,15 +36,9 @@ def cpu_description() -> str:
     return f"{model or 'unknown CPU'} ({os.cpu_count()} cores, {vector}{bf16})"
 
 
-def _link(folder: Path, sources: list[Path]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for source in sources:
-        (folder / source.name).symlink_to(source)
-    return folder
-
-
 def main() -> None:
     import torch
+    from segmentation import _link_cases as _link
     from segmentation import monai_loop_2d
 
     from medlens.detect.data import load_detection_data
