@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -89,20 +90,33 @@ def test_engine_choice_and_its_errors(tmp_path: Path) -> None:
         inference_engine(network, example, engine="onnx", device="cuda", **options)
 
 
-def test_detect_gives_the_same_stones_with_onnx_runtime_and_pytorch(
-    examples: Path, tmp_path: Path
-) -> None:
-    if not (ROOT / "models" / "kidney-stones" / "model.json").is_file():
-        pytest.skip("models/kidney-stones not trained yet")
-    images = examples / "kidney-stones" / "images"
+def outputs_per_engine(
+    command: str, model: str, source: Path, tmp_path: Path, pattern: str, read: Callable
+) -> tuple[dict, dict]:
+    """Run ``medlens COMMAND MODEL SOURCE OUT`` with each engine; ``read`` loads the outputs.
+
+    Returns the PyTorch and the ONNX Runtime outputs by file name (the same non-empty names).
+    """
+    if not (ROOT / "models" / model / "model.json").is_file():
+        pytest.skip(f"models/{model} not trained yet")
     outputs = {}
     for engine in ("torch", "onnx"):
         out = tmp_path / engine
-        assert run_cli(["detect", "kidney-stones", str(images), str(out), "--engine", engine]) == 0
-        outputs[engine] = {p.name: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+        assert run_cli([command, model, str(source), str(out), "--engine", engine]) == 0
+        outputs[engine] = {p.name: read(p) for p in sorted(out.glob(pattern))}
     assert outputs["torch"].keys() == outputs["onnx"].keys() and outputs["torch"]
-    for name, record in outputs["torch"].items():
-        theirs = outputs["onnx"][name]["boxes"]
+    return outputs["torch"], outputs["onnx"]
+
+
+def test_detect_gives_the_same_stones_with_onnx_runtime_and_pytorch(
+    examples: Path, tmp_path: Path
+) -> None:
+    images = examples / "kidney-stones" / "images"
+    torch_records, onnx_records = outputs_per_engine(
+        "detect", "kidney-stones", images, tmp_path, "*.json", lambda p: json.loads(p.read_text())
+    )
+    for name, record in torch_records.items():
+        theirs = onnx_records[name]["boxes"]
         assert len(record["boxes"]) == len(theirs)
         for ours, other in zip(record["boxes"], theirs, strict=True):
             assert np.allclose(ours["xyxy_px"], other["xyxy_px"], atol=0.05)
@@ -112,17 +126,17 @@ def test_detect_gives_the_same_stones_with_onnx_runtime_and_pytorch(
 def test_predict_gives_the_same_polyp_masks_with_onnx_runtime_and_pytorch(
     examples: Path, tmp_path: Path
 ) -> None:
-    if not (ROOT / "models" / "polyp" / "model.json").is_file():
-        pytest.skip("models/polyp not trained yet")
     frames = examples / "kvasir" / "images"
-    masks = {}
-    for engine in ("torch", "onnx"):
-        out = tmp_path / engine
-        assert run_cli(["predict", "polyp", str(frames), str(out), "--engine", engine]) == 0
-        masks[engine] = {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in out.glob("*")}
-    assert masks["torch"].keys() == masks["onnx"].keys() and masks["torch"]
-    for name, mask in masks["torch"].items():
-        differing = np.mean(mask != masks["onnx"][name])
+    torch_masks, onnx_masks = outputs_per_engine(
+        "predict",
+        "polyp",
+        frames,
+        tmp_path,
+        "*",
+        lambda p: cv2.imread(str(p), cv2.IMREAD_UNCHANGED),
+    )
+    for name, mask in torch_masks.items():
+        differing = np.mean(mask != onnx_masks[name])
         assert differing < 1e-4, name  # float rounding may flip a boundary pixel, no more
         assert mask.any()
 

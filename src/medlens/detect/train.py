@@ -449,7 +449,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         order = rng.permutation(len(train))
         started = time.perf_counter()
-        this_run = history[len(history) - (epoch - start_epoch) :] if epoch > start_epoch else []
+        this_run = history[len(history) - (epoch - start_epoch) :]  # epochs of this process
         closed = config.mosaic > 0 and mosaic_closed(
             epoch,
             epochs=config.epochs,
