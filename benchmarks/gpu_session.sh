@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_session.sh seg      # CUDA tests, benchmarks/training.py on CUDA,
 #                                           # two polyp fine-tuning runs side by side
+#   bash benchmarks/gpu_session.sh hippo    # three 3D hippocampus runs side by side
 #   bash benchmarks/gpu_session.sh detect   # benchmarks/detection.py on CUDA, two
 #                                           # kidney-stone fine-tuning runs side by side
 #
@@ -17,11 +18,11 @@
 # transfer beside the data, and no path run here calls it, so a stub that raises on any use
 # stands in for it where SimpleITK is missing.
 set -uo pipefail
-MODE=${1:?seg or detect}
+MODE=${1:?seg, hippo or detect}
 OUT=${OUT:-runs/gpu}
 MINUTES=${MINUTES:-6}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu MINUTES=0.3 SKIP_WHEELS=1 FORCE_SITK_STUB=1: a local dry run
-mkdir -p "$OUT"
+mkdir -p "$OUT" runs  # runs/ is git-ignored: absent on a fresh machine
 export PYTHONUNBUFFERED=1
 if [ -d .whl ] && [ "${SKIP_WHEELS:-0}" != 1 ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -44,7 +45,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, 'cuda', torch.cuda.is_available())"
 
 # the CUDA tests (test_preprocess.py needs the real SimpleITK and is skipped with the stub)
-[ "${SKIP_BENCH:-0}" = 1 ] || python3 -m pytest -q tests -m cuda -p no:cacheprovider --continue-on-collection-errors 2>&1 | tail -4
+CUDA_TESTS="python3 -m pytest -q tests -m cuda -p no:cacheprovider --continue-on-collection-errors"
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ "$MODE" = hippo ]; then
+  $CUDA_TESTS > runs/cuda-tests.log 2>&1 &  # beside the training runs
+  TESTS_PID=$!
+elif [ "${SKIP_BENCH:-0}" != 1 ]; then
+  $CUDA_TESTS 2>&1 | tail -4
+fi
 VAL=cju0qkwl35piu0993l0dewei2,cju0qoxqj9q6s0835b43399p4,cju0roawvklrq0799vmjorwfv,cju0rx1idathl0835detmsp84
 if [ "$MODE" = seg ]; then
   [ "${SKIP_BENCH:-0}" = 1 ] || python3 benchmarks/training.py --device $DEVICE --threads 8 --workers 4 --cases "${CASES:-60}" \
@@ -73,6 +80,44 @@ if [ "$MODE" = seg ]; then
       "$OUT/polyp-$arm/" 2>/dev/null
     tail -3 "$OUT/polyp-$arm.log"
   done
+elif [ "$MODE" = hippo ]; then
+  # three 3D hippocampus recipes side by side on the one GPU (the CPU model saw only 6400
+  # batches of 4): from scratch at batch 16 and 32, and a second cycle from the shipped model.
+  # Each arm's best model, its last moving-average weights and its logs come back as one tar.
+  pids=()
+  for arm in a b c; do
+    case $arm in
+      a) extra="--batch-size 16 --lr 3e-3" ;;
+      b) extra="--batch-size 16 --lr 1e-3 --init models/hippocampus" ;;
+      c) extra="--batch-size 32 --lr 4e-3" ;;
+    esac
+    python3 -m medlens train seg ../shared/data/hippocampus --out runs/gpu-hippo-$arm \
+      --model-out runs/gpu-hippo-$arm/best --iterations 200000 --minutes "$MINUTES" \
+      --val-every "${VAL_EVERY:-250}" --val-cases hippocampus_001,hippocampus_003,hippocampus_004,hippocampus_007 \
+      --labels 1=anterior,2=posterior --ema-decay 0.999 --threads 4 --device $DEVICE \
+      --checkpoint-minutes 60 $extra > runs/gpu-hippo-$arm.log 2>&1 &
+    pids+=($!)
+  done
+  nvidia-smi dmon -s u -d 5 -c "$(python3 -c "print(int($MINUTES * 12 + 12))")" > runs/gpu-util.log 2>&1 &
+  DMON_PID=$!
+  wait "${pids[@]}"
+  kill $DMON_PID 2>/dev/null
+  for arm in a b c; do
+    run=runs/gpu-hippo-$arm
+    python3 -c "
+import sys, torch
+state = torch.load(sys.argv[1] + '/checkpoint.pt', map_location='cpu', weights_only=False)
+weights = {k.removeprefix('module.'): v for k, v in state['ema'].items() if k.startswith('module.')}
+torch.save(weights, sys.argv[1] + '/last_ema.pt')  # DynUNet shares tensors: torch.save keeps one copy
+print(sys.argv[1], 'last iteration', state['step'], 'best', state['best'])
+" $run
+    cp runs/gpu-hippo-$arm.log runs/gpu-util.log $run/ 2>/dev/null
+    tar -czf "$OUT/hippo-$arm.tar.gz" -C $run best/model.safetensors best/model.json \
+      last_ema.pt log.csv training.png plan.json split.json gpu-hippo-$arm.log gpu-util.log
+    grep -E "^iteration" $run/gpu-hippo-$arm.log | tail -3
+  done
+  [ -n "${TESTS_PID:-}" ] && wait "$TESTS_PID"
+  tail -4 runs/cuda-tests.log 2>/dev/null
 elif [ "$MODE" = detect ]; then
   python3 benchmarks/detection.py --devices $DEVICE --images "${DET_IMAGES:-512}" --out "$OUT/detection-gpu.md" 2>&1 | tail -8
   # two recipes from the shipped model side by side: crops as on the CPU, and whole slices
