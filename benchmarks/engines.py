@@ -106,7 +106,7 @@ def main() -> None:
         f"{rate['polyp']('onnx') / rate['polyp']('torch'):.2f}x | "
         f"{len(frames) / median['polyp monai']:.1f} frames/s | >= 20 frames/s: "
         f"{'met' if rate['polyp']('onnx') >= 20 else 'NOT met'} |",
-        f"| hippocampus, {len(cases)} cases (load+read+predict with mirror TTA+write) | "
+        f"| hippocampus, {len(cases)} cases (load+read+predict with the plan's mirror TTA+write) | "
         f"{median['hippocampus torch']:.1f} s | {median['hippocampus onnx']:.1f} s | "
         f"{median['hippocampus torch'] / median['hippocampus onnx']:.2f}x | - | <= 15 s: "
         f"{'met' if median['hippocampus onnx'] <= 15 else 'NOT met'} |",

@@ -298,7 +298,45 @@ def test_predict_refuses_wrong_inputs(
     two_series = shared_data / "dicom" / "hippocampus-mri" / "study1"
     assert run_cli(["predict", hippo, str(two_series), str(tmp_path / "e.dcm")]) == 2
     assert "--series" in capsys.readouterr().err
-    assert not any(p.name.startswith(("a.", "b.", "c.", "d.", "e.")) for p in tmp_path.iterdir())
+    # TTA mirrors only along axes the network was trained mirrored (this run: all three)
+    assert run_cli(["predict", hippo, volume, str(tmp_path / "f.nii.gz"), "--tta-axes", "3"]) == 2
+    assert "trained mirrored along axes 0,1,2 only" in capsys.readouterr().err
+    assert not any(
+        p.name.startswith(("a.", "b.", "c.", "d.", "e.", "f.")) for p in tmp_path.iterdir()
+    )
+
+
+def test_windows_and_tta_passes_follow_the_plan() -> None:
+    """An image that barely exceeds the patch is one whole-image window (not two overlapping
+    patches); a large one is tiled by patches; TTA runs one pass per mirroring of the plan's
+    ``test_time_mirror_axes``."""
+    from medlens.infer.segmentation import sliding_window_logits
+    from medlens.models.segmentation import SegmentationPlan
+
+    plan = SegmentationPlan(
+        dims=3, in_channels=1, labels={0: "background", 1: "anterior", 2: "posterior"},
+        patch_size=[40, 56, 40], batch_size=2, spacing_mm=None, normalisation={},
+        filters=[4, 8], kernel_size=[[3, 3, 3]] * 2, strides=[[1, 1, 1], [2, 2, 2]],
+        mirror_axes=[0, 1], test_time_mirror_axes=[0],
+    )  # fmt: skip
+    seen: list[tuple[int, ...]] = []
+
+    def network(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(batch.shape))
+        return torch.zeros(batch.shape[0], 3, *batch.shape[2:])
+
+    probabilities = sliding_window_logits(network, torch.zeros(1, 36, 47, 41), plan)
+    assert seen == [(1, 1, 40, 56, 42)] and probabilities.shape == (3, 36, 47, 41)
+    seen.clear()
+    sliding_window_logits(network, torch.zeros(1, 36, 47, 41), plan, tta=True)
+    assert len(seen) == 2  # identity + mirrored along axis 0
+    plan.test_time_mirror_axes = None  # all mirror axes: 4 passes, as nnU-Net
+    seen.clear()
+    sliding_window_logits(network, torch.zeros(1, 36, 47, 41), plan, tta=True)
+    assert len(seen) == 4
+    seen.clear()
+    sliding_window_logits(network, torch.zeros(1, 120, 56, 40), plan, batch_size=1)
+    assert set(seen) == {(1, 1, 40, 56, 40)} and len(seen) == 5  # 50% overlap along axis 0
 
 
 def test_augmentation_moves_image_and_label_together() -> None:

@@ -830,6 +830,12 @@ def predict(
             help="Average over mirrored inputs (default: the model's plan; on for 3D models).",
         ),
     ] = None,
+    tta_axes: Annotated[
+        str | None,
+        typer.Option(
+            help="Spatial axes TTA mirrors, e.g. 0,1 (default: the plan's; hippocampus 0).",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     engine: EngineOption = "auto",
     series: SeriesOption = None,
@@ -860,6 +866,7 @@ def predict(
         device=device,
         engine=engine,
         tta=tta,
+        tta_axes=_int_list(tta_axes, "--tta-axes"),
         overwrite=overwrite,
         series=series,
         batch_size=batch_size,

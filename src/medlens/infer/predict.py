@@ -202,6 +202,7 @@ def predict_paths(
     device: str = "cpu",
     engine: str = "auto",
     tta: bool | None = None,
+    tta_axes: Sequence[int] | None = None,
     overwrite: bool = False,
     series: str | None = None,
     batch_size: int = 8,
@@ -213,7 +214,8 @@ def predict_paths(
     """Segment every input and write the label maps; returns the written paths.
 
     ``tta``: average over the plan's mirrorings; ``None`` follows the plan's
-    ``test_time_mirroring``.
+    ``test_time_mirroring``. ``tta_axes``: the mirrored axes (default: the plan's
+    ``test_time_mirror_axes``); only axes the network was trained mirrored are allowed.
 
     ``also``: further outputs of the same predictions (another format or folder, named like
     OUTPUT); ``html``: a page with overlays and label sizes of every input.
@@ -223,6 +225,15 @@ def predict_paths(
     network, plan, card = load_segmenter(model, device=device, engine=engine)
     if tta is None:  # the plan decides (nnU-Net mirrors by default)
         tta = plan.test_time_mirroring
+    if tta_axes is not None:
+        trained = list(range(plan.dims)) if plan.mirror_axes is None else plan.mirror_axes
+        if not tta_axes or not set(tta_axes) <= set(trained):
+            raise MedlensError(
+                f"--tta-axes {','.join(map(str, tta_axes))}: this model was trained mirrored "
+                f"along axes {','.join(map(str, trained))} only",
+                hint=f"choose axes among {','.join(map(str, trained))}",
+            )
+        plan.test_time_mirror_axes = list(tta_axes)
     jobs = plan_jobs(Path(source), Path(output), plan, overwrite=overwrite)
     extra = [plan_jobs(Path(source), Path(other), plan, overwrite=overwrite) for other in also]
     page = None

@@ -8,7 +8,8 @@ overlays the input voxel for voxel.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,35 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
+def window_size(
+    plan: SegmentationPlan, shape: Sequence[int], *, max_ratio: float = 1.5
+) -> list[int]:
+    """The sliding window for an image of ``shape`` voxels: the plan's patch, or one window
+    over the whole image where that costs at most ``max_ratio`` patches.
+
+    An image a few voxels larger than the patch along one axis would take two overlapping
+    patches (twice the work, plus blending); the network is fully convolutional, so one
+    window padded up to its size divisor does the job for less. 8 of the first 39
+    hippocampus cases are such images (e.g. 36x47x41 against a 40x56x40 patch).
+
+    >>> plan = SegmentationPlan(dims=3, in_channels=1, labels={0: "bg", 1: "fg"},
+    ...     patch_size=[40, 56, 40], batch_size=2, spacing_mm=None, normalisation={},
+    ...     filters=[8, 16], kernel_size=[[3, 3, 3]] * 2, strides=[[1, 1, 1], [2, 2, 2]])
+    >>> window_size(plan, [36, 47, 41]), window_size(plan, [30, 40, 30])
+    ([40, 56, 42], [40, 56, 40])
+    >>> window_size(plan, [512, 512, 400])
+    [40, 56, 40]
+    """
+    divisor = plan.size_divisor()
+    whole = [
+        max(p, math.ceil(s / d) * d)
+        for s, p, d in zip(shape[: plan.dims], plan.patch_size, divisor, strict=True)
+    ]
+    if math.prod(whole) <= max_ratio * math.prod(plan.patch_size):
+        return whole
+    return list(plan.patch_size)
+
+
 def sliding_window_logits(
     network: Callable[[torch.Tensor], torch.Tensor],
     array: torch.Tensor,
@@ -53,14 +83,17 @@ def sliding_window_logits(
 
     Windows of ``plan.patch_size`` are blended with Gaussian weights (MONAI's
     ``sliding_window_inference``; windows of all batch images share the network batches);
-    ``tta`` averages over all mirrorings of the plan's ``mirror_axes``.
+    ``tta`` averages over all mirrorings of the plan's ``test_time_mirror_axes`` (default: its
+    ``mirror_axes``). An image that barely exceeds the patch is one window (:func:`window_size`).
     """
     from monai.inferers import sliding_window_inference
 
     device = array.device
     batched = array.ndim == plan.dims + 2
     inputs = array if batched else array[None]
-    mirrored = range(plan.dims) if plan.mirror_axes is None else plan.mirror_axes
+    mirrored = plan.test_time_mirror_axes
+    if mirrored is None:
+        mirrored = range(plan.dims) if plan.mirror_axes is None else plan.mirror_axes
     axes = [axis + 2 for axis in mirrored]  # only mirrorings the network was trained on
     flips: list[tuple[int, ...]] = [()]
     if tta:
@@ -84,7 +117,7 @@ def sliding_window_logits(
     with torch.inference_mode():
         probabilities = sliding_window_inference(
             inputs,
-            roi_size=plan.patch_size,
+            roi_size=window_size(plan, inputs.shape[2:]),
             sw_batch_size=batch_size,
             predictor=predictor,
             overlap=overlap,
