@@ -90,6 +90,23 @@ def test_engine_choice_and_its_errors(tmp_path: Path) -> None:
         inference_engine(network, example, engine="onnx", device="cuda", **options)
 
 
+def test_3d_segmenters_run_without_the_memory_arena(tmp_path: Path) -> None:
+    """ONNX Runtime's arena keeps the largest activations it saw: on whole 3D volumes that is
+    peak memory for no speed (benchmarks/results/segmentation.md), so 3D models go without."""
+    from medlens.infer.predict import load_segmenter
+
+    if not (ROOT / "models" / "hippocampus" / "model.json").is_file():
+        pytest.skip("models/hippocampus not trained yet")
+    network, plan, _ = load_segmenter("hippocampus", engine="onnx", cache_dir=tmp_path)
+    assert plan.dims == 3 and isinstance(network, OnnxNetwork)
+    assert not network.session.get_session_options().enable_cpu_mem_arena
+    two_d = inference_engine(
+        torch.nn.Conv2d(1, 1, 1).eval(), torch.rand(1, 1, 8, 8), weights_sha256="d" * 64,
+        cache_dir=tmp_path,
+    )  # fmt: skip
+    assert two_d.session.get_session_options().enable_cpu_mem_arena
+
+
 def outputs_per_engine(
     command: str, model: str, source: Path, tmp_path: Path, pattern: str, read: Callable
 ) -> tuple[dict, dict]:

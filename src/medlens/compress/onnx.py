@@ -117,11 +117,17 @@ class OnnxNetwork(torch.nn.Module):
     ``.eval()`` are no-ops, so it can replace the network in the predictors.
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, threads: int | None = None, memory_arena: bool = True
+    ) -> None:
         super().__init__()
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
+        # the arena keeps the largest activations seen (a batch of 3D windows: ~0.2 GiB more
+        # peak on a 512x512x400 volume) for speed; the 3D networks measured no faster with it,
+        # the 2D detector 25% faster
+        options.enable_cpu_mem_arena = memory_arena
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -150,6 +156,7 @@ def cached_onnx_network(
     weights_sha256: str,
     cache_dir: str | Path | None = None,
     threads: int | None = None,
+    memory_arena: bool = True,
 ) -> OnnxNetwork:
     """:class:`OnnxNetwork` of ``network``, exported on first use and cached on disk.
 
@@ -174,7 +181,7 @@ def cached_onnx_network(
     path = folder / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".onnx")
     if not path.is_file():
         export_onnx(network, example, path, threads=threads)
-    return OnnxNetwork(path, threads=threads)
+    return OnnxNetwork(path, threads=threads, memory_arena=memory_arena)
 
 
 ENGINES = ("auto", "torch", "onnx")
@@ -188,6 +195,7 @@ def inference_engine(
     device: str = "cpu",
     weights_sha256: str,
     cache_dir: str | Path | None = None,
+    memory_arena: bool = True,
 ) -> torch.nn.Module:
     """The module that runs inference: ``network`` itself or its ONNX Runtime engine.
 
@@ -210,7 +218,11 @@ def inference_engine(
         return network
     try:
         return cached_onnx_network(
-            network, example, weights_sha256=weights_sha256, cache_dir=cache_dir
+            network,
+            example,
+            weights_sha256=weights_sha256,
+            cache_dir=cache_dir,
+            memory_arena=memory_arena,
         )
     except (MedlensError, OSError, RuntimeError):
         if engine == "onnx":

@@ -82,6 +82,7 @@ def load_segmenter(
         device=device,
         weights_sha256=card.sha256,
         cache_dir=cache_dir,
+        memory_arena=plan.dims == 2,  # 3D: whole volumes, where peak memory counts
     )
     return network, plan, card
 
