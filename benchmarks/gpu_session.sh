@@ -13,6 +13,10 @@
 # models go to $OUT, never over models/. On the H100 (2026-11-25) `seg` with MINUTES=5.5 took
 # 7 minutes and `detect` with MINUTES=6 outran the 10-minute call (benchmarks/detection.py
 # took over 3 minutes): use MINUTES=4 there.
+# `hippo` on the H200 (2026-11-26) with MINUTES=4.3 took 5.2 minutes. Its call carries
+# work_data/hippocampus and .whl; to stay under the 64 MiB transfer, the polyp and kidney-stones
+# weights and models/hippocampus/resume.pt were left out of the index for the call
+# (`git rm --cached` plus .git/info/exclude, undone right after).
 #
 # The lent machine's image has torch but not SimpleITK. Its 50 MB wheel does not fit the
 # transfer beside the data, and no path run here calls it, so a stub that raises on any use
