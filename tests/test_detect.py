@@ -514,3 +514,24 @@ def test_dicom_without_findings_still_gets_an_sr_and_empty_outputs(
     assert report.content.get_planar_roi_measurement_groups() == []
     (group,) = report.content.get_image_measurement_groups()  # "0 detections"
     assert group.get_measurements()[0].value == 0
+
+
+def test_validation_metrics_of_several_classes_carry_the_ap50_interval() -> None:
+    """Two classes: AP50 is their mean, and the bootstrap interval is of that mean."""
+    from medlens.detect.data import DetectionSample
+    from medlens.detect.train import evaluate_detector
+
+    rng = np.random.default_rng(0)
+    samples, found = [], []
+    for index in range(30):
+        corners = rng.uniform(0, 400, (2, 2))
+        xyxy = np.concatenate([corners, corners + rng.uniform(10, 60, (2, 2))], axis=1)
+        truth = Boxes(xyxy, labels=np.array([0, 1]))
+        samples.append(DetectionSample(Path(f"{index}.png"), np.zeros((512, 512), np.uint8), truth))
+        offset = rng.normal(0, 8, (2, 2))  # moved boxes: some fall under IoU 0.5
+        shifted = xyxy + np.concatenate([offset, offset], axis=1)
+        found.append(Boxes(shifted, scores=rng.uniform(0.3, 1, 2), labels=np.array([0, 1])))
+    metrics = evaluate_detector(lambda pixels: found, samples)
+    assert 0.2 < metrics["ap50"] < 1
+    assert metrics["ap50_low"] < metrics["ap50"] < metrics["ap50_high"]
+    assert "ap50_low" not in evaluate_detector(lambda pixels: found, samples, interval=False)

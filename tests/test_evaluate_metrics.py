@@ -380,3 +380,28 @@ def test_average_precision_ci_brackets_the_ap_of_all_images_and_narrows_with_mor
     )
     assert four_ap == pytest.approx(ap)
     assert four_high - four_low < 0.7 * (high - low)
+
+
+def test_average_precision_ci_of_several_classes_is_around_their_mean_ap(shared_data):
+    """With labels, boxes match within their class and the estimate is the mean of the
+    per-class APs that ``detection_metrics`` reports."""
+    pred, scores, pred_ids, gt, gt_ids, num_images = _synthetic_detections(shared_data)
+    rng = np.random.default_rng(3)
+    gt_labels = rng.integers(0, 2, len(gt))
+    # each detection takes the class of the box it overlaps most, some of them the wrong one
+    overlaps = box_iou(np.asarray(pred), np.asarray(gt))
+    nearest = gt_labels[overlaps.argmax(1)]
+    flipped = rng.random(len(pred)) < 0.2
+    pred_labels = np.where(flipped, 1 - nearest, nearest)
+    rows = detection_metrics(
+        pred, scores, pred_ids, gt, gt_ids, pred_labels=pred_labels, gt_labels=gt_labels,
+        num_images=num_images,
+    )  # fmt: skip
+    ap, low, high = average_precision_ci(
+        pred, scores, pred_ids, gt, gt_ids, pred_labels=pred_labels, gt_labels=gt_labels,
+        image_ids=range(num_images), num_resamples=200,
+    )  # fmt: skip
+    assert ap == pytest.approx(np.mean([row["ap50"] for row in rows]))
+    single, _, _ = average_precision_ci(pred, scores, pred_ids, gt, gt_ids, num_resamples=10)
+    assert ap < single  # wrong-class detections no longer count
+    assert low < ap < high

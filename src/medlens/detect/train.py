@@ -173,23 +173,25 @@ def evaluate_detector(
     """Validation metrics through :mod:`medlens.evaluate` (mean over classes).
 
     AP at IoU 0.5 and 0.75 (COCO 101-point) with the 95% image-bootstrap interval of AP50
-    (``ap50_low``, ``ap50_high``; single class, unless ``interval=False``), mAP@[.5:.95],
+    (``ap50_low``, ``ap50_high``, of the mean over classes; not with ``interval=False``),
+    mAP@[.5:.95],
     and FROC sensitivity at 0.5, 1 and 2 false positives per image, a lesion counting as found
     at IoU >= 0.5 (``froc_sens_*``) and at LUNA16's looser IoU >= 0.1 (``froc01_sens_*``).
     """
     found = detector([s.pixels for s in samples])
     truth = [s.boxes for s in samples]
     bounds = {}
-    labels = {int(c) for b in truth for c in b.labels} | {int(c) for b in found for c in b.labels}
-    if interval and labels <= {0}:
-        pred_xyxy, pred_scores, _, pred_ids = flatten_box_lists(found)
-        truth_xyxy, _, _, truth_ids = flatten_box_lists(truth, scores=False)
+    if interval:
+        pred_xyxy, pred_scores, pred_labels, pred_ids = flatten_box_lists(found)
+        truth_xyxy, _, truth_labels, truth_ids = flatten_box_lists(truth, scores=False)
         _, low, high = average_precision_ci(
             pred_xyxy,
             pred_scores,
             pred_ids,
             truth_xyxy,
             truth_ids,
+            pred_labels=pred_labels,
+            gt_labels=truth_labels,
             image_ids=range(len(samples)),
             num_resamples=1000,
         )

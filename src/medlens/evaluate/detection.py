@@ -192,6 +192,8 @@ def average_precision_ci(
     gt_boxes: Any,
     gt_image_ids: Any,
     *,
+    pred_labels: Any = None,
+    gt_labels: Any = None,
     image_ids: Sequence[Any] | None = None,
     iou_threshold: float = 0.5,
     confidence: float = 0.95,
@@ -200,12 +202,14 @@ def average_precision_ci(
     interpolation: str = "coco101",
     max_detections: int | None = 100,
 ) -> tuple[float, float, float]:
-    """AP of one class with a percentile bootstrap interval over images: ``(ap, low, high)``.
+    """AP with a percentile bootstrap interval over images: ``(ap, low, high)``.
 
     Images are resampled with replacement (a resampled image brings all its boxes and
     detections), so the interval shows how much AP would move on another set of images of
     the same kind: with ~150 boxes it is several points wide. ``image_ids`` lists every image
     (images without boxes or detections count too); by default the ids seen in either list.
+    With ``pred_labels`` and ``gt_labels`` it is the mean AP over the classes that have ground
+    truth (in the data, and in each resample), boxes matched within their class.
 
     Example:
         >>> ap, low, high = average_precision_ci(
@@ -224,29 +228,42 @@ def average_precision_ci(
     pred = _boxes(pred_boxes, "pred_boxes")
     gt = _boxes(gt_boxes, "gt_boxes")
     scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
-    per_image = []  # (scores, hits, number of boxes) of each image, matched once
+    pred_cls = np.zeros(len(pred), int) if pred_labels is None else np.asarray(pred_labels)
+    gt_cls = np.zeros(len(gt), int) if gt_labels is None else np.asarray(gt_labels)
+    if len(pred_cls) != len(pred) or len(gt_cls) != len(gt):
+        raise MedlensError("labels and boxes differ in length")
+    classes = sorted(set(pred_cls.tolist()) | set(gt_cls.tolist())) or [0]
+    # (scores, hits, number of boxes) of each class in each image, matched once
+    per_image: list[dict[int, tuple[np.ndarray, np.ndarray, int]]] = []
     for image in images:
         in_pred, in_gt = pred_ids == image, gt_ids == image
-        per_image.append(
-            match_detections(
-                pred[in_pred],
-                scores[in_pred],
-                np.zeros(int(in_pred.sum())),
-                gt[in_gt],
-                np.zeros(int(in_gt.sum())),
+        matches = {}
+        for cls in classes:
+            p, g = in_pred & (pred_cls == cls), in_gt & (gt_cls == cls)
+            matches[cls] = match_detections(
+                pred[p],
+                scores[p],
+                np.zeros(int(p.sum())),
+                gt[g],
+                np.zeros(int(g.sum())),
                 iou_threshold=iou_threshold,
                 max_detections=max_detections,
             )
-        )
+        per_image.append(matches)
 
     def ap_of(indices: np.ndarray) -> float:
         chosen = [per_image[i] for i in indices]
-        return _ap_of_matches(
-            np.concatenate([c[0] for c in chosen]) if chosen else np.zeros(0),
-            np.concatenate([c[1] for c in chosen]) if chosen else np.zeros(0, bool),
-            sum(c[2] for c in chosen),
-            interpolation,
-        )
+        values = [
+            _ap_of_matches(
+                np.concatenate([c[cls][0] for c in chosen]) if chosen else np.zeros(0),
+                np.concatenate([c[cls][1] for c in chosen]) if chosen else np.zeros(0, bool),
+                sum(c[cls][2] for c in chosen),
+                interpolation,
+            )
+            for cls in classes
+        ]
+        finite = [v for v in values if np.isfinite(v)]
+        return float(np.mean(finite)) if finite else float("nan")
 
     point = ap_of(np.arange(len(images)))
     rng = np.random.default_rng(seed)
