@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli
 
-from medlens.cli import main
 from medlens.compress.onnx import (
     OnnxNetwork,
     cached_onnx_network,
@@ -21,12 +21,6 @@ from medlens.compress.onnx import (
 from medlens.errors import MedlensError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return int(exit_info.value.code or 0)
 
 
 def test_detector_export_reproduces_every_output_at_other_batch_and_image_sizes(

@@ -12,9 +12,9 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from cli_runner import run_cli
 from safetensors.torch import load_file
 
-from medlens.cli import main
 from medlens.detect.boxes import Boxes, box_iou
 from medlens.detect.data import load_detection_data, read_grey
 from medlens.errors import MedlensError
@@ -22,12 +22,6 @@ from medlens.image import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "kidney-stones"
-
-
-def run_cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return int(exit_info.value.code or 0)
 
 
 @pytest.fixture

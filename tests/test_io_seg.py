@@ -8,8 +8,8 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from cli_runner import run_cli
 
-from medlens.cli import main
 from medlens.errors import MedlensError
 from medlens.image import Image
 from medlens.io import read_image, write_image
@@ -35,12 +35,6 @@ def realistic_mask(image: Image) -> Image:
     labels[:, middle:][foreground[:, middle:]] = 2
     assert (labels == 1).sum() > 100 and (labels == 2).sum() > 100
     return image.with_array(labels[None], labels=dict(NAMES), modality="SEG")
-
-
-def run_cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return int(exit_info.value.code or 0)
 
 
 def source_sop_uids(folder: Path) -> dict[str, pydicom.Dataset]:

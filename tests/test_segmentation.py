@@ -13,18 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli
 
-from medlens.cli import main
 from medlens.data.segmentation import compute_fingerprint, find_cases, read_case_label
 from medlens.io import read_image
 from medlens.models.segmentation import make_plan
 from medlens.models.zoo import load_model
-
-
-def run_cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return int(exit_info.value.code or 0)
 
 
 def train(data: Path, out: Path, *extra: str) -> int:
