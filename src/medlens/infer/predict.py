@@ -227,7 +227,7 @@ def predict_paths(
     if tta is None:  # the plan decides (nnU-Net mirrors by default)
         tta = plan.test_time_mirroring
     if tta_axes is not None:
-        trained = list(range(plan.dims)) if plan.mirror_axes is None else plan.mirror_axes
+        trained = plan.trained_mirror_axes()
         if not tta_axes or not set(tta_axes) <= set(trained):
             raise MedlensError(
                 f"--tta-axes {','.join(map(str, tta_axes))}: this model was trained mirrored "

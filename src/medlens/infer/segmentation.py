@@ -93,7 +93,7 @@ def sliding_window_logits(
     inputs = array if batched else array[None]
     mirrored = plan.test_time_mirror_axes
     if mirrored is None:
-        mirrored = range(plan.dims) if plan.mirror_axes is None else plan.mirror_axes
+        mirrored = plan.trained_mirror_axes()
     axes = [axis + 2 for axis in mirrored]  # only mirrorings the network was trained on
     flips: list[tuple[int, ...]] = [()]
     if tta:

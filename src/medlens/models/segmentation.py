@@ -67,6 +67,10 @@ class SegmentationPlan:
     def num_classes(self) -> int:
         return max(self.labels) + 1
 
+    def trained_mirror_axes(self) -> list[int]:
+        """Spatial axes the network was trained mirrored along (``mirror_axes``; None = all)."""
+        return list(range(self.dims)) if self.mirror_axes is None else list(self.mirror_axes)
+
     def size_divisor(self) -> list[int]:
         """Voxels per axis the network's input size must be a multiple of (its total stride).
 
