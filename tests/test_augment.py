@@ -254,3 +254,31 @@ def test_augment_settings_round_trip_through_plain_values() -> None:
     assert torch.equal(first, second)
     with pytest.raises(MedlensError, match="unknown spatial"):
         Augment.from_dict({"spatial": {"spatial_dims": 3, "rotate": 5}})
+
+
+def test_colour_augment_keeps_grey_pixels_grey_under_saturation_and_gains_per_channel() -> None:
+    from medlens.augment import ColourAugment
+
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    grey = (torch.full((4, 3, 8, 8), 100.0) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
+        std
+    ).view(1, 3, 1, 1)
+    saturate = ColourAugment(mean=mean, std=std, gain_prob=0.0, saturation_prob=1.0)
+    out, _ = saturate(grey.clone(), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, grey, atol=1e-4)  # saturation leaves grey alone
+    balance = ColourAugment(mean=mean, std=std, gain_prob=1.0, saturation_prob=0.0)
+    out, _ = balance(grey.clone(), generator=torch.Generator().manual_seed(0))
+    pixels = out * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    gains = pixels[:, :, 0, 0] / 100.0
+    assert ((gains >= 0.85 - 1e-4) & (gains <= 1.15 + 1e-4)).all()
+    assert (gains[:, 0] - gains[:, 2]).abs().max() > 1e-3  # channels change independently
+
+
+def test_colour_augment_refuses_non_rgb_input() -> None:
+    from medlens.augment import ColourAugment
+
+    augment = ColourAugment(mean=[0, 0, 0], std=[1, 1, 1])
+    with pytest.raises(MedlensError, match="RGB frames"):
+        augment(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(MedlensError, match="positive stds"):
+        ColourAugment(mean=[0, 0, 0], std=[1, 0, 1])

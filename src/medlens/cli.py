@@ -348,6 +348,18 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
         raise MedlensError(f"{option} takes integers like 40x56x40, got '{text}'") from None
 
 
+def _frame_size(text: str) -> list[int] | str | None:
+    """``--frame-size``: ``auto``, ``none`` or rows x columns."""
+    if text.strip().lower() in ("auto", "none"):
+        return None if text.strip().lower() == "none" else "auto"
+    size = _int_list(text, "--frame-size")
+    if not size or len(size) != 2 or min(size) < 1:
+        raise MedlensError(
+            f"--frame-size takes auto, none or rows x columns like 352x352, got '{text}'"
+        )
+    return size
+
+
 @train_app.command("seg")
 def train_seg(
     ctx: typer.Context,
@@ -365,6 +377,13 @@ def train_seg(
     batch_size: Annotated[int | None, typer.Option(help="Override the planned batch.")] = None,
     filters: Annotated[int | None, typer.Option(help="Base filters (planned: 16).")] = None,
     patch: Annotated[str | None, typer.Option(help="Override patch size, e.g. 40x56x40.")] = None,
+    frame_size: Annotated[
+        str,
+        typer.Option(
+            help="2D: resize frames to this size for the network, e.g. 352x352; auto (the "
+            "median training frame) or none (frames at their own size, as nnU-Net)."
+        ),
+    ] = "auto",
     val_every: Annotated[int, typer.Option(help="Validate every N iterations.")] = 200,
     val_fraction: Annotated[float, typer.Option(help="Hold-out share (no --fold).")] = 0.2,
     val_cases: Annotated[
@@ -423,6 +442,12 @@ def train_seg(
         float | None,
         typer.Option(help="Validate and ship a moving average of the weights (e.g. 0.998)."),
     ] = None,
+    camera_augment: Annotated[
+        bool,
+        typer.Option(
+            help="RGB frames: also white balance, saturation, defocus and low resolution."
+        ),
+    ] = True,
 ) -> None:
     """Plan from the data (2D/3D, spacing, normalisation, patch, network) and train a segmenter.
 
@@ -443,6 +468,7 @@ def train_seg(
         batch_size=batch_size,
         base_filters=filters,
         patch_size=_int_list(patch, "--patch"),
+        frame_size=_frame_size(frame_size),
         val_every=val_every,
         val_fraction=val_fraction,
         val_cases=[c.strip() for c in (val_cases or "").split(",") if c.strip()],
@@ -468,6 +494,7 @@ def train_seg(
         dp_delta=dp_delta,
         dp_max_grad_norm=dp_max_grad_norm,
         ema_decay=ema_decay,
+        camera_augment=camera_augment,
     )
     best = train_segmentation(config)
     import os

@@ -12,6 +12,11 @@ resampling, normalisation and patching. :func:`make_plan` derives it from a
   other (MRI, ...) -> z-score per image;
 * patch = median shape (capped by the memory budget) rounded up to a multiple of the network's
   total stride, and the network is as deep as the patch allows (down to 4-8 voxels);
+* 2D: every frame is resized to ``frame_size`` (the median training frame, rounded like the
+  patch) before the network and the probabilities back to the frame after it. 2D frames
+  (endoscopy, photographs, PNG/JPEG) carry no physical scale; the field of view is the unit, so
+  a frame from another camera at another resolution must look like the training frames
+  (Kvasir-SEG's 256x256 polyp model scored 0.59 Dice on the same frames at 720x576 without it);
 * largest-connected-component post-processing for a class that forms one component in >= 90%
   of the training labels.
 """
@@ -62,6 +67,9 @@ class SegmentationPlan:
     #: the mirror axes test-time augmentation averages over (None = all of ``mirror_axes``);
     #: one axis halves the cost of the plan's two (hippocampus: 2 passes instead of 4)
     test_time_mirror_axes: list[int] | None = None
+    #: 2D: frames are resized to this size (pixels along i, j) for the network and the
+    #: probabilities back to the frame's own size (None: use frames at their own size)
+    frame_size: list[int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -156,14 +164,22 @@ def make_plan(
     batch_size: int | None = None,
     patch_size: list[int] | None = None,
     network: str = "auto",
+    frame_size: list[int] | str | None = "auto",
 ) -> SegmentationPlan:
     """Derive a plan from a fingerprint (see the module docstring for the rules).
 
     ``memory_voxels`` caps the patch volume (a CPU/GPU budget); ``base_filters``,
     ``batch_size`` and ``patch_size`` override the derived values. ``network``: ``auto``
     (2D RGB -> Lite0UNet with an ImageNet encoder when its wheel is installed, else
-    DynUNet), ``DynUNet`` or ``Lite0UNet``.
+    DynUNet), ``DynUNet`` or ``Lite0UNet``. ``frame_size`` (2D only): ``"auto"`` (the median
+    frame), ``None`` (frames at their own size, as nnU-Net) or ``[rows, columns]``.
     """
+    if frame_size is not None and fingerprint.dims != 2:
+        if frame_size != "auto":
+            raise MedlensError(
+                "a frame size applies to 2D data only", hint="leave --frame-size out for volumes"
+            )
+        frame_size = None
     dims = fingerprint.dims
     spacings = np.array(fingerprint.spacings_mm)
     median_spacing = np.median(spacings, axis=0)
@@ -173,6 +189,8 @@ def make_plan(
     if spacing_mm is not None:
         shapes = shapes * spacings / median_spacing
     median_shape = np.median(shapes, axis=0)[:dims]
+    if isinstance(frame_size, list):
+        median_shape = np.asarray(frame_size, dtype=float)
     if patch_size is None:
         patch = [float(s) for s in median_shape]
         while math.prod(patch) > memory_voxels:
@@ -226,6 +244,13 @@ def make_plan(
             normalisation = {"scheme": "rgb", "mean": IMAGENET_MEAN_255, "std": IMAGENET_STD_255}
     elif network != "DynUNet":
         raise MedlensError(f"unknown network '{network}'", hint="use auto, DynUNet or Lite0UNet")
+    if frame_size is not None:
+        # whole frames fit the network's stride, so a frame needs no padding
+        divisor = [32] * dims if network == "Lite0UNet" else np.prod(np.array(strides), axis=0)
+        frame_size = [
+            int(max(1, math.ceil(m / d)) * d) for m, d in zip(median_shape, divisor, strict=True)
+        ]
+        patch_size = [min(p, f) for p, f in zip(patch_size, frame_size, strict=True)]
     single = {int(k): v for k, v in fingerprint.single_component_fraction.items()}
     return SegmentationPlan(
         dims=dims,
@@ -242,6 +267,7 @@ def make_plan(
         modality=fingerprint.modality,
         network=network,
         test_time_mirroring=dims == 3,
+        frame_size=frame_size,
     )
 
 
@@ -317,6 +343,13 @@ def image_to_network_array(image: Image, plan: SegmentationPlan) -> np.ndarray:
     if plan.dims == 2:
         array = array[..., 0]
     array = normalise(array, plan)
+    if plan.dims == 2 and plan.frame_size and list(array.shape[1:]) != list(plan.frame_size):
+        # bicubic with antialiasing, as PIL resizes: a large frame shrunk without antialiasing
+        # aliases fine texture the network never saw (benchmarks/results/polyp_robustness.md)
+        array = torch.nn.functional.interpolate(
+            torch.from_numpy(array)[None], size=plan.frame_size, mode="bicubic",
+            align_corners=False, antialias=True,
+        )[0].numpy()  # fmt: skip
     if plan.spacing_mm is not None and plan.dims == 3:
         target = resampled_shape(image, plan)
         if tuple(target) != image.spatial_shape:
@@ -337,7 +370,12 @@ def resampled_shape(image: Image, plan: SegmentationPlan) -> list[int]:
 def label_to_network_array(label: np.ndarray, image: Image, plan: SegmentationPlan) -> np.ndarray:
     """Labels on the network grid (nearest neighbour), ``(I, J[, K])`` uint8."""
     if plan.dims == 2:
-        return label[..., 0]
+        label = label[..., 0]
+        if plan.frame_size and list(label.shape) != list(plan.frame_size):
+            tensor = torch.from_numpy(label.astype(np.float32))[None, None]
+            resized = torch.nn.functional.interpolate(tensor, size=plan.frame_size, mode="nearest")
+            return resized[0, 0].numpy().astype(np.uint8)
+        return label
     if plan.spacing_mm is not None:
         target = resampled_shape(image, plan)
         if tuple(target) != image.spatial_shape:

@@ -64,6 +64,8 @@ class TrainConfig:
     batch_size: int | None = None
     base_filters: int | None = None
     patch_size: list[int] | None = None
+    #: 2D: "auto" (resize frames to the median training frame), None (own size) or [rows, cols]
+    frame_size: list[int] | str | None = "auto"
     val_fraction: float = 0.2
     val_cases: list[str] = dataclasses.field(default_factory=list)
     fold: int | None = None
@@ -92,6 +94,8 @@ class TrainConfig:
     dp_delta: float | None = None
     dp_max_grad_norm: float = 1.0
     ema_decay: float | None = None  # validate and ship an exponential moving average of weights
+    #: RGB frames: also white balance, saturation, defocus and low resolution (other cameras)
+    camera_augment: bool = True
 
 
 # --------------------------------------------------------------------------- split
@@ -332,6 +336,31 @@ def augment_batch(
     return images, labels
 
 
+def camera_augment(plan: SegmentationPlan) -> Any:
+    """For RGB frames (plan normalisation ``rgb``): what another hospital's endoscope changes.
+
+    White balance (per-channel gain 0.85-1.15) and saturation (x0.6-1.3), each p=0.3, then
+    defocus (Gaussian blur, sigma 0.5-1.5 px, p=0.15) and a lower-resolution sensor or heavy
+    compression (down x1-2 and back, p=0.15). Without them the Kvasir model lost 0.03-0.14
+    Dice on such frames (benchmarks/results/polyp_robustness.md). None for other plans.
+    """
+    from medlens.augment import ColourAugment, IntensityAugment
+
+    if plan.normalisation.get("scheme") != "rgb" or plan.in_channels != 3:
+        return None
+    colour = ColourAugment(mean=plan.normalisation["mean"], std=plan.normalisation["std"])
+    optics = IntensityAugment(
+        spatial_dims=plan.dims, gamma_prob=0.0, noise_prob=0.0, blur_prob=0.15,
+        blur_sigma_voxels=(0.5, 1.5), low_resolution_prob=0.15, low_resolution_factor=(1.0, 2.0),
+    )  # fmt: skip
+
+    def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        images, _ = colour(images, generator=generator)
+        return optics(images, generator=generator)[0]
+
+    return augment
+
+
 def _augment(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -564,6 +593,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             batch_size=config.batch_size,
             patch_size=config.patch_size,
             network=config.network,
+            frame_size=config.frame_size,
         )
         fingerprint_dict = fingerprint.to_dict()
         train_ids, val_ids = make_split(
@@ -734,6 +764,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 else:
                     torch.save({k: v for k, v in state.items() if k != "optimizer"}, temporary)
 
+    frame_augment = camera_augment(plan) if config.camera_augment else None
+
     def save_best(metrics: dict[str, Any], step: int) -> None:
         from medlens.models.zoo import ModelCard, save_model
 
@@ -778,6 +810,11 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     if config.augment == "medlens"
                     else "medlens.train.segmentation.augment_batch: mirror, rotation, scale, "
                     "brightness, contrast, gamma, noise"
+                )
+                + (
+                    "; camera_augment: white balance, saturation, defocus blur, low resolution"
+                    if frame_augment is not None
+                    else ""
                 ),
                 "seconds": round(elapsed(), 1),
                 "ema_decay": config.ema_decay,
@@ -841,6 +878,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 images, labels = _augment(
                     images.to(device), labels.to(device), torch_generator, plan.mirror_axes
                 )
+            if frame_augment is not None:
+                images = frame_augment(images, torch_generator)
             optimizer.zero_grad(set_to_none=True)
             from medlens.infer.segmentation import _autocast
 
