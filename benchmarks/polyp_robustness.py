@@ -134,9 +134,9 @@ def score(model: str | Path, condition: Path, out: Path) -> list[float]:
     return dice
 
 
-def native_size_model(folder: Path) -> Path:
-    """A copy of models/polyp whose plan has no ``frame_size`` (frames at their own size)."""
-    shutil.copytree(REPO / "models" / "polyp", folder)
+def native_size_model(model_dir: Path, folder: Path) -> Path:
+    """A copy of the model whose plan has no ``frame_size`` (frames at their own size)."""
+    shutil.copytree(model_dir, folder)
     card = json.loads((folder / "model.json").read_text())
     card["preprocessing"]["plan"].pop("frame_size", None)
     (folder / "model.json").write_text(json.dumps(card, indent=2))
@@ -147,14 +147,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=None, help="First N validation frames.")
     parser.add_argument("--no-write", action="store_true", help="Do not write the results.")
+    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads.")
+    parser.add_argument("--model", default="polyp", help="Model name or folder to score.")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="Results markdown file.")
     args = parser.parse_args()
 
     import torch
 
     from medlens.evaluate.stats import bootstrap_ci
 
-    torch.set_num_threads(2)
-    card = json.loads((REPO / "models" / "polyp" / "model.json").read_text())
+    torch.set_num_threads(args.threads)
+    from medlens.models.zoo import find_model
+
+    model_dir = find_model(args.model)
+    card = json.loads((model_dir / "model.json").read_text())
     names = card["training"]["split"]["val"][: args.frames]
     rows: list[tuple[str, str, str, str]] = []
 
@@ -164,27 +170,28 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as temporary:
         root = Path(temporary)
-        native = native_size_model(root / "polyp-native-size")
+        native = native_size_model(model_dir, root / "polyp-native-size")
         reference = make_condition(root / "reference", names, None)
-        base = score("polyp", reference, root / "out-reference")
+        base = score(model_dir, reference, root / "out-reference")
         rows.append(("Kvasir-SEG frames as they are (256x256)", summary(base), "same", "-"))
         for index, (label, transform) in enumerate(SIZES.items()):
             condition = make_condition(root / f"size{index}", names, transform)
-            planned = score("polyp", condition, root / f"out-size{index}")
+            planned = score(model_dir, condition, root / f"out-size{index}")
             own = score(native, condition, root / f"out-size{index}-native")
             delta = f"{np.mean(planned) - np.mean(base):+.4f}"
             rows.append((label, summary(planned), summary(own), delta))
             print(label, rows[-1][1:], flush=True)
         for index, (label, transform) in enumerate(APPEARANCE.items()):
             condition = make_condition(root / f"look{index}", names, transform)
-            dice = score("polyp", condition, root / f"out-look{index}")
+            dice = score(model_dir, condition, root / f"out-look{index}")
             rows.append((label, summary(dice), "same", f"{np.mean(dice) - np.mean(base):+.4f}"))
             print(label, rows[-1][1:], flush=True)
 
     lines = [
         "# Polyp model on frames unlike Kvasir-SEG's",
         "",
-        f"`python benchmarks/polyp_robustness.py`: `medlens predict polyp` (ONNX Runtime, CPU) "
+        f"`python benchmarks/polyp_robustness.py --model {args.model}`: `medlens predict` "
+        "(ONNX Runtime, CPU) "
         f"on the model's {len(names)} validation frames, each transformed as the row says. "
         "Mean Dice per frame with its 95% bootstrap interval; the masks are transformed "
         "alike. 'Frames at their own size' is the model without the plan's `frame_size` "
@@ -198,7 +205,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        RESULTS.write_text(text)
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":
