@@ -15,10 +15,22 @@ import pytest
 import torch
 from cli_runner import run_cli
 
-from medlens.data.segmentation import compute_fingerprint, find_cases, read_case_label
+from medlens.data.segmentation import (
+    Fingerprint,
+    compute_fingerprint,
+    find_cases,
+    read_case_label,
+)
 from medlens.io import read_image
 from medlens.models.segmentation import make_plan
 from medlens.models.zoo import load_model
+
+
+def fingerprint_of(folder: Path) -> Fingerprint:
+    """The data fingerprint of an example folder (images and labels read as training does)."""
+    cases = find_cases(folder)
+    images = [read_image(c.image) for c in cases]
+    return compute_fingerprint(images, [read_case_label(c.label) for c in cases])
 
 
 def train(data: Path, out: Path, *extra: str) -> int:
@@ -51,10 +63,7 @@ def polyp_run(tmp_path_factory: pytest.TempPathFactory, examples: Path) -> Path:
 
 # --------------------------------------------------------------------------- plan
 def test_plan_for_hippocampus_is_3d_zscore_whole_volume_patch(examples: Path) -> None:
-    cases = find_cases(examples / "hippocampus")
-    images = [read_image(c.image) for c in cases]
-    labels = [read_case_label(c.label) for c in cases]
-    plan = make_plan(compute_fingerprint(images, labels))
+    plan = make_plan(fingerprint_of(examples / "hippocampus"))
     assert plan.dims == 3 and plan.in_channels == 1
     assert plan.normalisation["scheme"] == "zscore"  # MRI: per-image z-score
     assert plan.spacing_mm is None  # all cases are 1 mm: no resampling
@@ -84,17 +93,11 @@ def test_plan_for_kvasir_is_2d_rgb_with_pretrained_encoder(examples: Path) -> No
 def test_frame_size_is_2d_only_and_can_be_set_or_switched_off(examples: Path) -> None:
     from medlens.errors import MedlensError
 
-    cases = find_cases(examples / "kvasir")
-    fingerprint = compute_fingerprint(
-        [read_image(c.image) for c in cases], [read_case_label(c.label) for c in cases]
-    )
+    fingerprint = fingerprint_of(examples / "kvasir")
     assert make_plan(fingerprint, frame_size=None).frame_size is None  # nnU-Net: own size
     plan = make_plan(fingerprint, frame_size=[300, 350])  # rounded up to the stride of 32
     assert plan.frame_size == [320, 352] and plan.patch_size == [320, 352]
-    cases = find_cases(examples / "hippocampus")
-    volumes = compute_fingerprint(
-        [read_image(c.image) for c in cases], [read_case_label(c.label) for c in cases]
-    )
+    volumes = fingerprint_of(examples / "hippocampus")
     assert make_plan(volumes).frame_size is None
     with pytest.raises(MedlensError, match="2D data only"):
         make_plan(volumes, frame_size=[64, 64])
@@ -394,10 +397,7 @@ def test_augmentation_moves_image_and_label_together() -> None:
 def test_camera_augment_changes_colour_and_focus_of_rgb_frames_only(examples: Path) -> None:
     from medlens.train.segmentation import camera_augment
 
-    cases = find_cases(examples / "kvasir")
-    images = [read_image(c.image) for c in cases]
-    labels = [read_case_label(c.label) for c in cases]
-    plan = make_plan(compute_fingerprint(images, labels))
+    plan = make_plan(fingerprint_of(examples / "kvasir"))
     augment = camera_augment(plan)
     mean = torch.tensor(plan.normalisation["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(plan.normalisation["std"]).view(1, 3, 1, 1)
@@ -406,8 +406,5 @@ def test_camera_augment_changes_colour_and_focus_of_rgb_frames_only(examples: Pa
     changed = (out - frames).abs().flatten(1).amax(dim=1) > 1e-3
     assert 0 < int(changed.sum()) < 16  # each effect has its probability per frame
     assert out.shape == frames.shape and torch.isfinite(out).all()
-    hippocampus = find_cases(examples / "hippocampus")
-    volumes = compute_fingerprint(
-        [read_image(c.image) for c in hippocampus], [read_case_label(c.label) for c in hippocampus]
-    )
+    volumes = fingerprint_of(examples / "hippocampus")
     assert camera_augment(make_plan(volumes)) is None  # MRI: no colour, recipe unchanged
