@@ -394,6 +394,21 @@ def test_augmentation_moves_image_and_label_together() -> None:
     assert moved.any()
 
 
+def test_camera_augment_is_opt_in_and_named_in_the_model_card(
+    polyp_run: Path, examples: Path, tmp_path: Path
+) -> None:
+    default = json.loads((polyp_run / "model" / "model.json").read_text())
+    assert "camera_augment" not in default["training"]["augmentation"]
+    out = tmp_path / "run"
+    code = train(
+        examples / "kvasir", out, "--iterations", "2", "--batch-size", "2", "--labels", "1=polyp",
+        "--camera-augment",
+    )  # fmt: skip
+    assert code == 0
+    card = json.loads((out / "model" / "model.json").read_text())
+    assert "camera_augment: white balance" in card["training"]["augmentation"]
+
+
 def test_camera_augment_changes_colour_and_focus_of_rgb_frames_only(examples: Path) -> None:
     from medlens.train.segmentation import camera_augment
 

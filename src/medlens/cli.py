@@ -447,7 +447,7 @@ def train_seg(
         typer.Option(
             help="RGB frames: also white balance, saturation, defocus and low resolution."
         ),
-    ] = True,
+    ] = False,
 ) -> None:
     """Plan from the data (2D/3D, spacing, normalisation, patch, network) and train a segmenter.
 
