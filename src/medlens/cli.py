@@ -350,8 +350,9 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 
 def _frame_size(text: str) -> list[int] | str | None:
     """``--frame-size``: ``auto``, ``none`` or rows x columns."""
-    if text.strip().lower() in ("auto", "none"):
-        return None if text.strip().lower() == "none" else "auto"
+    word = text.strip().lower()
+    if word in ("auto", "none"):
+        return None if word == "none" else "auto"
     size = _int_list(text, "--frame-size")
     if not size or len(size) != 2 or min(size) < 1:
         raise MedlensError(

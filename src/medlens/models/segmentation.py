@@ -244,15 +244,8 @@ def make_plan(
             normalisation = {"scheme": "rgb", "mean": IMAGENET_MEAN_255, "std": IMAGENET_STD_255}
     elif network != "DynUNet":
         raise MedlensError(f"unknown network '{network}'", hint="use auto, DynUNet or Lite0UNet")
-    if frame_size is not None:
-        # whole frames fit the network's stride, so a frame needs no padding
-        divisor = [32] * dims if network == "Lite0UNet" else np.prod(np.array(strides), axis=0)
-        frame_size = [
-            int(max(1, math.ceil(m / d)) * d) for m, d in zip(median_shape, divisor, strict=True)
-        ]
-        patch_size = [min(p, f) for p, f in zip(patch_size, frame_size, strict=True)]
     single = {int(k): v for k, v in fingerprint.single_component_fraction.items()}
-    return SegmentationPlan(
+    plan = SegmentationPlan(
         dims=dims,
         in_channels=channels,
         labels=dict(sorted(labels.items())),
@@ -267,8 +260,15 @@ def make_plan(
         modality=fingerprint.modality,
         network=network,
         test_time_mirroring=dims == 3,
-        frame_size=frame_size,
     )
+    if frame_size is not None:
+        # whole frames fit the network's stride, so a frame needs no padding
+        plan.frame_size = [
+            max(1, math.ceil(m / d)) * d
+            for m, d in zip(median_shape, plan.size_divisor(), strict=True)
+        ]
+        plan.patch_size = [min(p, f) for p, f in zip(patch_size, plan.frame_size, strict=True)]
+    return plan
 
 
 def _lite0_weights_available() -> bool:
@@ -338,29 +338,33 @@ def check_input(image: Image, plan: SegmentationPlan, *, path: Any = None) -> No
 
 
 def image_to_network_array(image: Image, plan: SegmentationPlan) -> np.ndarray:
-    """``(C, I, J[, K])`` float32, resampled to the plan spacing and normalised."""
+    """``(C, I, J[, K])`` float32 on the network grid (:func:`resampled_shape`), normalised."""
     array = image.numpy()
     if plan.dims == 2:
         array = array[..., 0]
     array = normalise(array, plan)
-    if plan.dims == 2 and plan.frame_size and list(array.shape[1:]) != list(plan.frame_size):
-        # bicubic with antialiasing, as PIL resizes: a large frame shrunk without antialiasing
-        # aliases fine texture the network never saw (benchmarks/results/polyp_robustness.md)
-        array = torch.nn.functional.interpolate(
-            torch.from_numpy(array)[None], size=plan.frame_size, mode="bicubic",
-            align_corners=False, antialias=True,
-        )[0].numpy()  # fmt: skip
-    if plan.spacing_mm is not None and plan.dims == 3:
-        target = resampled_shape(image, plan)
-        if tuple(target) != image.spatial_shape:
-            tensor = torch.from_numpy(array)[None]
-            array = torch.nn.functional.interpolate(
+    target = resampled_shape(image, plan)
+    if tuple(target) != array.shape[1:]:
+        tensor = torch.from_numpy(array)[None]
+        if plan.dims == 2:
+            # bicubic with antialiasing, as PIL resizes: a large frame shrunk without it
+            # aliases fine texture the network never saw (benchmarks/results/polyp_robustness.md)
+            tensor = torch.nn.functional.interpolate(
+                tensor, size=target, mode="bicubic", align_corners=False, antialias=True
+            )
+        else:
+            tensor = torch.nn.functional.interpolate(
                 tensor, size=target, mode="trilinear", align_corners=False
-            )[0].numpy()
+            )
+        array = tensor[0].numpy()
     return array
 
 
 def resampled_shape(image: Image, plan: SegmentationPlan) -> list[int]:
+    """Spatial shape of ``image`` on the network grid: a 2D frame at the plan's ``frame_size``,
+    a volume resampled to the plan's spacing, else the image's own shape."""
+    if plan.dims == 2 and plan.frame_size:
+        return list(plan.frame_size)
     if plan.spacing_mm is None:
         return list(image.spatial_shape[: plan.dims])
     scale = image.spacing_mm / np.asarray(plan.spacing_mm)
@@ -371,18 +375,9 @@ def label_to_network_array(label: np.ndarray, image: Image, plan: SegmentationPl
     """Labels on the network grid (nearest neighbour), ``(I, J[, K])`` uint8."""
     if plan.dims == 2:
         label = label[..., 0]
-        if plan.frame_size and list(label.shape) != list(plan.frame_size):
-            tensor = torch.from_numpy(label.astype(np.float32))[None, None]
-            resized = torch.nn.functional.interpolate(tensor, size=plan.frame_size, mode="nearest")
-            return resized[0, 0].numpy().astype(np.uint8)
-        return label
-    if plan.spacing_mm is not None:
-        target = resampled_shape(image, plan)
-        if tuple(target) != image.spatial_shape:
-            tensor = torch.from_numpy(label.astype(np.float32))[None, None]
-            return (
-                torch.nn.functional.interpolate(tensor, size=target, mode="nearest")[0, 0]
-                .numpy()
-                .astype(np.uint8)
-            )
+    target = resampled_shape(image, plan)
+    if tuple(target) != label.shape:
+        tensor = torch.from_numpy(label.astype(np.float32))[None, None]
+        resized = torch.nn.functional.interpolate(tensor, size=target, mode="nearest")
+        return resized[0, 0].numpy().astype(np.uint8)
     return label
