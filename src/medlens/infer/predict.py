@@ -57,7 +57,6 @@ def load_segmenter(
     ``engine``: ``torch``, ``onnx`` (ONNX Runtime on the CPU) or ``auto`` (ONNX Runtime on
     the CPU unless the model runs bf16 there, see :mod:`medlens.compress.onnx`).
     """
-    import medlens.models.segmentation  # noqa: F401  (registers Lite0UNet)
     from medlens.compress.onnx import inference_engine
     from medlens.infer.segmentation import uses_amp
     from medlens.models.zoo import load_model

