@@ -22,8 +22,9 @@ from medlens.data.segmentation import (
     read_case_label,
 )
 from medlens.io import read_image
-from medlens.models.segmentation import make_plan
+from medlens.models.segmentation import SegmentationPlan, make_plan
 from medlens.models.zoo import load_model
+from medlens.train.segmentation import LoadedCase, validate
 
 
 def fingerprint_of(folder: Path) -> Fingerprint:
@@ -423,3 +424,64 @@ def test_camera_augment_changes_colour_and_focus_of_rgb_frames_only(examples: Pa
     assert out.shape == frames.shape and torch.isfinite(out).all()
     volumes = fingerprint_of(examples / "hippocampus")
     assert camera_augment(make_plan(volumes)) is None  # MRI: no colour, recipe unchanged
+
+
+def test_lite1_encoder_network_trains_and_loads_from_its_card(
+    examples: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    code = train(
+        examples / "kvasir", out, "--iterations", "1", "--batch-size", "2", "--labels",
+        "1=polyp", "--network", "Lite1UNet", "--no-pretrained",
+    )  # fmt: skip
+    assert code == 0
+    network, card = load_model(out / "model")
+    assert card.architecture["name"] == "Lite1UNet"
+    assert card.preprocessing["plan"]["network"] == "Lite1UNet"
+    assert len(network.encoder._blocks) == 21  # Lite1's depth, not Lite0's 16 blocks
+    assert card.training["init"] == "random"
+
+
+class _ThresholdNetwork(torch.nn.Module):
+    """Foreground wherever the input is positive: predictions chosen by the test."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.cat([-image, image], dim=1) * 10
+
+
+def _case(case_id: str, predicted: np.ndarray, truth: np.ndarray) -> LoadedCase:
+    image = torch.from_numpy(np.where(predicted, 1.0, -1.0)[None].astype(np.float32))
+    crop = (slice(0, truth.shape[0]), slice(0, truth.shape[1]))
+    return LoadedCase(case_id, image, torch.from_numpy(truth), crop, torch.zeros(0, 2))
+
+
+def test_validation_keeps_largest_component_only_where_it_raises_dice() -> None:
+    plan = SegmentationPlan(
+        dims=2, in_channels=1, labels={0: "background", 1: "polyp"}, patch_size=[32, 32],
+        batch_size=1, spacing_mm=None, normalisation={}, filters=[8, 16],
+        kernel_size=[[3, 3]] * 2, strides=[[1, 1], [2, 2]], largest_component=[1],
+    )  # fmt: skip
+    one_polyp = np.zeros((32, 32), np.uint8)
+    one_polyp[4:14, 4:14] = 1
+    with_speck = one_polyp.copy()
+    with_speck[25:27, 25:27] = 1  # a false positive apart from the polyp
+    two_polyps = one_polyp.copy()
+    two_polyps[18:30, 18:30] = 1
+    network, cpu = _ThresholdNetwork(), torch.device("cpu")
+
+    speck = validate(network, [_case("speck", with_speck, one_polyp)], plan, cpu, False)
+    assert speck["largest_component"]["kept"] == [1]  # removing the speck helps
+    assert speck["largest_component"]["dice_per_label"]["polyp"] == 1.0
+
+    both = validate(network, [_case("two", two_polyps, two_polyps)], plan, cpu, False)
+    assert both["largest_component"]["kept"] == []  # it would delete a true polyp
+    assert both["dice_per_label"]["polyp"] == 1.0
+
+
+def test_card_ships_the_post_processing_chosen_on_validation(hippocampus_run: Path) -> None:
+    card = json.loads((hippocampus_run / "model" / "model.json").read_text())
+    proposed = json.loads((hippocampus_run / "plan.json").read_text())["largest_component"]
+    choice = card["metrics"]["validation"]["largest_component"]
+    assert 2 in choice["candidates"] == proposed  # the posterior part is one blob
+    assert card["preprocessing"]["plan"]["largest_component"] == choice["kept"]
+    assert set(choice["kept"]) <= set(proposed)

@@ -39,7 +39,12 @@ from medlens.data.segmentation import (
     read_dataset_json,
 )
 from medlens.errors import MedlensError
-from medlens.infer.segmentation import cpu_bf16_supported, dice_per_class, sliding_window_logits
+from medlens.infer.segmentation import (
+    cpu_bf16_supported,
+    dice_per_class,
+    keep_largest_component,
+    sliding_window_logits,
+)
 from medlens.io.atomic import atomic_output
 from medlens.models.segmentation import (
     SegmentationPlan,
@@ -484,10 +489,16 @@ def validate(
     device: torch.device,
     amp: bool,
 ) -> dict[str, Any]:
-    """Mean Dice per foreground class over whole validation images (NaN-free mean)."""
+    """Mean Dice per foreground class over whole validation images (NaN-free mean).
+
+    Where the plan proposes largest-component post-processing, the predictions are also
+    scored with it, and ``largest_component["kept"]`` lists the classes it raises the mean
+    Dice of: nnU-Net's rule for choosing post-processing on validation.
+    """
     classes = [c for c in sorted(plan.labels) if c != 0]
+    candidates = list(plan.largest_component)
     network.eval()
-    scores = []
+    scores, scores_largest = [], []
     for case in cases:
         array = case.image[(slice(None), *case.crop)].float().to(device)
         probabilities = sliding_window_logits(
@@ -496,10 +507,13 @@ def validate(
         prediction = probabilities.argmax(0).cpu().numpy()
         truth = case.label[case.crop].numpy()
         scores.append(dice_per_class(prediction, truth, classes))
+        if candidates:
+            largest = keep_largest_component(prediction, candidates)  # in place, last use
+            scores_largest.append(dice_per_class(largest, truth, classes))
     network.train()
     table = np.array(scores, dtype=float)
     per_class = np.nanmean(table, axis=0)
-    return {
+    metrics: dict[str, Any] = {
         "dice_per_label": {
             plan.labels[c]: round(float(d), 4) for c, d in zip(classes, per_class, strict=True)
         },
@@ -510,6 +524,21 @@ def validate(
             for case, row in zip(cases, table, strict=True)
         },
     }
+    if candidates:
+        per_class_largest = np.nanmean(np.array(scores_largest, dtype=float), axis=0)
+        metrics["largest_component"] = {
+            "candidates": candidates,
+            "dice_per_label": {
+                plan.labels[c]: round(float(d), 4)
+                for c, d in zip(classes, per_class_largest, strict=True)
+            },
+            "kept": [
+                c
+                for c, with_it, without in zip(classes, per_class_largest, per_class, strict=True)
+                if c in candidates and with_it > without
+            ],
+        }
+    return metrics
 
 
 # --------------------------------------------------------------------------- main loop
@@ -772,6 +801,10 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     def save_best(metrics: dict[str, Any], step: int) -> None:
         from medlens.models.zoo import ModelCard, save_model
 
+        shipped_plan = plan.to_dict()
+        if "largest_component" in metrics:  # post-processing as chosen on validation
+            shipped_plan["largest_component"] = metrics["largest_component"]["kept"]
+
         card = ModelCard(
             name=config.model_name or model_out.name,
             task="segmentation",
@@ -785,7 +818,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 "patch_size": plan.patch_size,
                 "median_size": fingerprint_dict.get("median_shape"),
             },
-            preprocessing={"plan": plan.to_dict()},
+            preprocessing={"plan": shipped_plan},
             training={
                 "data": str(config.data),
                 "num_cases": len(train_ids) + len(val_ids),
