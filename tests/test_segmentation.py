@@ -248,6 +248,13 @@ def test_predict_png_frames_keep_their_size_and_names(
     assert run_cli([*args, "--overwrite"]) == 0
 
 
+def test_plan_error_leaves_no_run_folder_behind(examples: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code = train(examples / "hippocampus", out, "--frame-size", "64x64", "--iterations", "1")
+    assert code == 2  # a frame size is for 2D frames: a clear error, not a traceback
+    assert not out.exists()
+
+
 def test_shipped_polyp_model_segments_another_cameras_frame_size_alike(
     examples: Path, tmp_path: Path
 ) -> None:

@@ -565,8 +565,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
     is_main = rank == 0
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(config.out)  # made once the data and plan pass their checks
     checkpoint_path = out / "checkpoint.pt"
 
     cases = find_cases(config.data)
@@ -642,6 +641,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         if any(not 0 <= a < plan.dims for a in config.mirror_axes):
             raise MedlensError(f"--mirror-axes {config.mirror_axes} outside 0..{plan.dims - 1}")
         plan.mirror_axes = list(config.mirror_axes)
+    out.mkdir(parents=True, exist_ok=True)
     if is_main:
         _write_json(out / "plan.json", plan.to_dict())
         _write_json(out / "fingerprint.json", fingerprint_dict)
