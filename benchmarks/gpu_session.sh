@@ -65,6 +65,13 @@ if [ "${SKIP_BENCH:-0}" != 1 ] && { [ "$MODE" = hippo ] || [ "$MODE" = polyp-lit
 elif [ "${SKIP_BENCH:-0}" != 1 ]; then
   $CUDA_TESTS 2>&1 | tail -4
 fi
+# wait for the training runs in $pids, sampling GPU utilisation into the file $1 meanwhile
+wait_for_runs() {
+  nvidia-smi dmon -s u -d 5 -c "$(python3 -c "print(int($MINUTES * 12 + 12))")" > "$1" 2>&1 &
+  local monitor=$!
+  wait "${pids[@]}"
+  kill "$monitor" 2>/dev/null
+}
 VAL=cju0qkwl35piu0993l0dewei2,cju0qoxqj9q6s0835b43399p4,cju0roawvklrq0799vmjorwfv,cju0rx1idathl0835detmsp84
 if [ "$MODE" = seg ]; then
   [ "${SKIP_BENCH:-0}" = 1 ] || python3 benchmarks/training.py --device $DEVICE --threads 8 --workers 4 --cases "${CASES:-60}" \
@@ -85,8 +92,7 @@ if [ "$MODE" = seg ]; then
       > "$OUT/polyp-$arm.log" 2>&1 &
     pids+=($!)
   done
-  nvidia-smi dmon -s u -d 5 -c "$(python3 -c "print(int($MINUTES * 12 + 12))")" > "$OUT/gpu-util.log" 2>&1 &
-  wait "${pids[@]}"
+  wait_for_runs "$OUT/gpu-util.log"
   for arm in a b; do
     mkdir -p "$OUT/polyp-$arm"
     cp runs/gpu-polyp-$arm/model/model.safetensors runs/gpu-polyp-$arm/model/model.json \
@@ -111,10 +117,7 @@ elif [ "$MODE" = hippo ]; then
       --checkpoint-minutes 60 $extra > runs/gpu-hippo-$arm.log 2>&1 &
     pids+=($!)
   done
-  nvidia-smi dmon -s u -d 5 -c "$(python3 -c "print(int($MINUTES * 12 + 12))")" > runs/gpu-util.log 2>&1 &
-  DMON_PID=$!
-  wait "${pids[@]}"
-  kill $DMON_PID 2>/dev/null
+  wait_for_runs runs/gpu-util.log
   for arm in a b c; do
     run=runs/gpu-hippo-$arm
     python3 -c "
@@ -150,10 +153,7 @@ elif [ "$MODE" = polyp-lite ]; then
       > runs/gpu-lite-$arm.log 2>&1 &
     pids+=($!)
   done
-  nvidia-smi dmon -s u -d 5 -c "$(python3 -c "print(int($MINUTES * 12 + 12))")" > runs/gpu-util.log 2>&1 &
-  DMON_PID=$!
-  wait "${pids[@]}"
-  kill $DMON_PID 2>/dev/null
+  wait_for_runs runs/gpu-util.log
   for arm in a b c; do
     run=runs/gpu-lite-$arm
     python3 - $run <<'PY'
@@ -194,8 +194,7 @@ elif [ "$MODE" = detect ]; then
       > "$OUT/stones-$arm.log" 2>&1 &
     pids+=($!)
   done
-  nvidia-smi dmon -s u -d 5 -c "$(python3 -c "print(int($MINUTES * 12 + 12))")" > "$OUT/gpu-util.log" 2>&1 &
-  wait "${pids[@]}"
+  wait_for_runs "$OUT/gpu-util.log"
   for arm in a b; do grep -E "^epoch [0-9]+:" "$OUT/stones-$arm.log" | tail -4; done
 fi
 ls -la "$OUT" "$OUT"/*/

@@ -37,29 +37,39 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-#: Lite1 and Lite2 scale Lite0's depth (x1.1, x1.2) and Lite2 its widths (x1.1); unlike B1/B2
-#: the stem and the first and last stages stay fixed, as in the released weights.
-LITE_STAGES = {
-    0: LITE0_STAGES,
-    1: (
-        (1, 3, 1, 1, 32, 16),
-        (3, 3, 2, 6, 16, 24),
-        (3, 5, 2, 6, 24, 40),
-        (4, 3, 2, 6, 40, 80),
-        (4, 5, 1, 6, 80, 112),
-        (5, 5, 2, 6, 112, 192),
-        (1, 3, 1, 6, 192, 320),
-    ),
-    2: (
-        (1, 3, 1, 1, 32, 16),
-        (3, 3, 2, 6, 16, 24),
-        (3, 5, 2, 6, 24, 48),
-        (4, 3, 2, 6, 48, 88),
-        (4, 5, 1, 6, 88, 120),
-        (5, 5, 2, 6, 120, 208),
-        (1, 3, 1, 6, 208, 352),
-    ),
-}
+#: (width, depth) multipliers of EfficientNet-Lite0, 1 and 2.
+LITE_SCALING = {0: (1.0, 1.0), 1: (1.0, 1.1), 2: (1.1, 1.2)}
+
+
+def lite_stages(variant: int) -> tuple[tuple[int, int, int, int, int, int], ...]:
+    """Lite0's stages scaled as EfficientNet scales B0, except that the Lite models keep the
+    stem and the first and last stages' depth fixed (as in the released weights).
+
+    >>> [stage[0] for stage in lite_stages(2)], [stage[5] for stage in lite_stages(2)]
+    ([1, 3, 3, 4, 4, 5, 1], [16, 24, 48, 88, 120, 208, 352])
+    """
+    if variant not in LITE_SCALING:
+        raise ValueError(f"EfficientNet-Lite variant must be one of {sorted(LITE_SCALING)}")
+    width, depth = LITE_SCALING[variant]
+
+    def scaled(channels: int) -> int:  # EfficientNet's round_filters: multiples of 8
+        rounded = max(8, int(channels * width + 4) // 8 * 8)
+        return rounded + 8 if rounded < 0.9 * channels * width else rounded
+
+    last = len(LITE0_STAGES) - 1
+    return tuple(
+        (
+            repeats if index in (0, last) else math.ceil(repeats * depth),
+            kernel,
+            stride,
+            expand,
+            inp if index == 0 else scaled(inp),  # the stem's 32 channels are not scaled
+            scaled(out),
+        )
+        for index, (repeats, kernel, stride, expand, inp, out) in enumerate(LITE0_STAGES)
+    )
+
+
 OUTPUT_STRIDE = 4
 #: mean / std of ImageNet in grey (the encoder's pretraining statistics), on 0..1 pixels.
 GREY_MEAN, GREY_STD = 0.449, 0.226
@@ -103,10 +113,8 @@ class LiteEncoder(nn.Module):
 
     def __init__(self, in_channels: int = 1, *, variant: int = 0) -> None:
         super().__init__()
-        if variant not in LITE_STAGES:
-            raise ValueError(f"EfficientNet-Lite variant must be one of {sorted(LITE_STAGES)}")
         self.variant = variant
-        stages = LITE_STAGES[variant]
+        stages = lite_stages(variant)
         # the last block of the stride-4, -8, -16 and -32 stages (stride-16 ends after the
         # stride-1 stage that follows it)
         tapped_stages = (1, 2, 4, 6)
