@@ -175,7 +175,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as temporary:
         root = Path(temporary)
-        native = native_size_model(model_dir, root / "polyp-native-size")
+        native = None if args.no_own_size else native_size_model(model_dir, root / "native")
         reference = make_condition(root / "reference", names, None)
         base = score(model_dir, reference, root / "out-reference")
         rows.append(("Kvasir-SEG frames as they are (256x256)", summary(base), "same", "-"))
@@ -184,7 +184,7 @@ def main() -> None:
             planned = score(model_dir, condition, root / f"out-size{index}")
             own = (
                 "not scored"
-                if args.no_own_size
+                if native is None
                 else summary(score(native, condition, root / f"out-size{index}-native"))
             )
             delta = f"{np.mean(planned) - np.mean(base):+.4f}"
