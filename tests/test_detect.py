@@ -259,6 +259,8 @@ def test_train_writes_a_loadable_model_and_resume_continues(stones: Path, tmp_pa
     card = json.loads((run / "model" / "model.json").read_text())
     assert card["task"] == "detection" and card["labels"] == {"0": "stone"}
     assert "train detect" in card["training"]["command"]
+    # the card says whether val slices have near-duplicates (e.g. the next slice) in train
+    assert card["training"]["split"]["val_near_duplicates"].endswith("similarity >= 0.96")
     assert {"val_ap50", "val_froc_sens_at_1fp"} <= set(card["metrics"])
     low, high = card["metrics"]["val_ap50_ci95"]  # image bootstrap around the val AP50
     assert low <= card["metrics"]["val_ap50"] <= high

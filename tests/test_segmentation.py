@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -187,6 +188,29 @@ def test_2d_images_masks_folder_trains(polyp_run: Path) -> None:
     assert card.architecture["name"] == "Lite0UNet"
     assert card.input["dims"] == 2 and card.labels[1] == "polyp"
     assert "ImageNet" in card.training["init"]
+    # four different polyps: no val frame is a near-duplicate of a training frame
+    assert card.training["split"]["val_near_duplicates"].startswith("0 of 1 val frames")
+
+
+def test_a_val_frame_duplicated_in_train_is_reported_in_the_log_and_the_card(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A frame exported twice under two names must not validate the frame it trained on."""
+    data = tmp_path / "data"
+    shutil.copytree(examples / "kvasir", data)
+    frame = sorted((data / "images").iterdir())[0]
+    for kind in ("images", "masks"):  # the copy is re-encoded, as a second export would be
+        pixels = cv2.imread(str(data / kind / frame.name))
+        cv2.imwrite(str(data / kind / "copy.jpg"), pixels, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    out = tmp_path / "run"
+    code = train(
+        data, out, "--iterations", "1", "--batch-size", "2", "--labels", "1=polyp",
+        "--val-cases", "copy", "--no-pretrained",
+    )  # fmt: skip
+    assert code == 0
+    assert "1 of 2 validation images have a near-duplicate" in capsys.readouterr().out
+    card = json.loads((out / "model" / "model.json").read_text())
+    assert card["training"]["split"]["val_near_duplicates"].startswith("1 of 2 val frames")
 
 
 def test_label_with_classes_not_in_the_plan_is_refused(

@@ -801,6 +801,37 @@ def detect(
     stdout.print(f"{len(records)} image(s), {boxes} box(es) -> {out}")
 
 
+@app.command("regroup-split")
+def regroup_split(
+    data: Annotated[Path, typer.Argument(help="YOLO-layout dataset (images/, labels/).")],
+    out: Annotated[Path, typer.Argument(help="New dataset folder (copies, plus split.json).")],
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of images for validation (default: DATA's own share).", min=0.01, max=0.99
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Which groups are drawn for validation.")] = 0,
+    threshold: Annotated[
+        float, typer.Option(help="Thumbnail correlation that makes two slices one scan.")
+    ] = 0.96,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Re-split a slice dataset so neighbouring slices of one scan are all in train or all in val.
+
+    Example: ``medlens regroup-split ../shared/data/kidney-stones data/stones-by-scan``.
+    """
+    from medlens.detect.regroup import regroup_yolo_split
+
+    result = regroup_yolo_split(
+        data, out, val_fraction=val_fraction, seed=seed, threshold=threshold, overwrite=overwrite
+    )
+    stdout.print(
+        f"{result.groups} groups of similar slices; val: {result.val_images} images from "
+        f"{result.val_groups} groups, train: {result.train_images} images -> {out}"
+    )
+
+
 # --------------------------------------------------------------------------- preprocess
 @app.command()
 def preprocess(

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medlens.data.near_duplicates import LeakReport, thumbnail_signature, validation_leaks
 from medlens.data.segmentation import (
     CasePaths,
     check_label_classes,
@@ -158,6 +159,20 @@ def _pad_to(array: np.ndarray, shape: list[int], value: float) -> tuple[np.ndarr
     pad = [(0, 0)] * (array.ndim - len(shape)) + list(zip(before, after, strict=True))
     crop = tuple(slice(b, b + a) for b, a in zip(before, spatial, strict=True))
     return np.pad(array, pad, constant_values=value), crop
+
+
+def frame_leaks(train: list[LoadedCase], val: list[LoadedCase]) -> LeakReport:
+    """2D validation frames that are near-duplicates of training frames."""
+
+    def signature(case: LoadedCase) -> np.ndarray:
+        return thumbnail_signature(case.image[(slice(None), *case.crop)].float().mean(0).numpy())
+
+    return validation_leaks(
+        np.stack([signature(c) for c in train]),
+        np.stack([signature(c) for c in val]),
+        train_names=[c.case_id for c in train],
+        val_names=[c.case_id for c in val],
+    )
 
 
 def load_cases(
@@ -656,6 +671,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     val_case_paths = [by_id[c] for c in val_ids if c in by_id]
     train_cases = load_cases(train_cases_paths, plan)
     val_cases = load_cases(val_case_paths, plan) if is_main else []
+    leaks = frame_leaks(train_cases, val_cases) if plan.dims == 2 and val_cases else None
+    if leaks is not None and leaks.leaked:
+        print(f"warning: {leaks.message()}")
 
     network = plan.build_network(
         pretrained=config.pretrained and resume_state is None and not config.init
@@ -827,6 +845,14 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     "val": val_ids,
                     "seed": config.seed,
                     "fold": config.fold,
+                    **(
+                        {
+                            "val_near_duplicates": f"{leaks.leaked} of {leaks.total} val frames "
+                            f"have a training frame with thumbnail similarity >= {leaks.threshold}"
+                        }
+                        if leaks is not None
+                        else {}
+                    ),
                 },
                 "command": commands[0],
                 "resumed_with": commands[1:],
