@@ -120,16 +120,10 @@ elif [ "$MODE" = hippo ]; then
   wait_for_runs runs/gpu-util.log
   for arm in a b c; do
     run=runs/gpu-hippo-$arm
-    python3 -c "
-import sys, torch
-state = torch.load(sys.argv[1] + '/checkpoint.pt', map_location='cpu', weights_only=False)
-weights = {k.removeprefix('module.'): v for k, v in state['ema'].items() if k.startswith('module.')}
-torch.save(weights, sys.argv[1] + '/last_ema.pt')  # DynUNet shares tensors: torch.save keeps one copy
-print(sys.argv[1], 'last iteration', state['step'], 'best', state['best'])
-" $run
     cp runs/gpu-hippo-$arm.log runs/gpu-util.log $run/ 2>/dev/null
     tar -czf "$OUT/hippo-$arm.tar.gz" -C $run best/model.safetensors best/model.json \
-      last_ema.pt log.csv training.png plan.json split.json gpu-hippo-$arm.log gpu-util.log
+      last/model.safetensors last/model.json log.csv training.png plan.json split.json \
+      gpu-hippo-$arm.log gpu-util.log
     grep -E "^iteration" $run/gpu-hippo-$arm.log | tail -3
   done
   [ -n "${TESTS_PID:-}" ] && wait "$TESTS_PID"
@@ -156,20 +150,6 @@ elif [ "$MODE" = polyp-lite ]; then
   wait_for_runs runs/gpu-util.log
   for arm in a b c; do
     run=runs/gpu-lite-$arm
-    python3 - $run <<'PY'
-import dataclasses, sys, torch
-from medlens.models.zoo import load_model, save_model
-from medlens.train.averaging import moving_average
-run = sys.argv[1]
-network, card = load_model(f"{run}/model")
-state = torch.load(f"{run}/checkpoint.pt", map_location="cpu", weights_only=False)
-average = moving_average(network, decay=0.999, state=state["ema"])
-card = dataclasses.replace(card, training=dict(
-    card.training, iteration=state["step"], seconds=round(state["seconds"], 1),
-    selection="the last EMA weights of the run (not picked on validation)"))
-save_model(average.module, f"{run}/last", card)
-print(run, "last iteration", state["step"], "best", state["best"])
-PY
     cp runs/gpu-lite-$arm.log runs/gpu-util.log $run/ 2>/dev/null
     mkdir -p "$OUT/lite-$arm"
     split -b 15000000 $run/last/model.safetensors "$OUT/lite-$arm/model.safetensors.part-"

@@ -316,6 +316,10 @@ def test_ema_decay_ships_the_averaged_detector(stones: Path, tmp_path: Path) -> 
     assert not torch.equal(shipped[name], checkpoint["model"][name].cpu())
     card = json.loads((run / "model" / "model.json").read_text())
     assert card["training"]["ema_decay"] == 0.5
+    # RUN/last: the latest epoch's (averaged) weights, whether or not val picked them
+    latest = json.loads((run / "last" / "model.json").read_text())
+    assert latest["training"]["selection"] == "latest epoch"
+    assert torch.equal(load_file(run / "last" / "model.safetensors")[name], averaged[name].cpu())
 
 
 def test_mosaic_joins_four_windows_and_keeps_each_box_with_its_pixels() -> None:

@@ -188,6 +188,10 @@ def test_2d_images_masks_folder_trains(polyp_run: Path) -> None:
     assert card.architecture["name"] == "Lite0UNet"
     assert card.input["dims"] == 2 and card.labels[1] == "polyp"
     assert "ImageNet" in card.training["init"]
+    # beside the best model, RUN/last holds the weights of the last validation (not picked)
+    _, last = load_model(polyp_run / "last")
+    assert last.training["selection"].startswith("the latest validated weights")
+    assert last.training["iteration"] == 2 and card.training["selection"].startswith("the iter")
     # four different polyps: no val frame is a near-duplicate of a training frame
     assert card.training["split"]["val_near_duplicates"].startswith("0 of 1 val frames")
 

@@ -540,10 +540,15 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         }
         history.append(row)
         improved = metrics["ap50"] > best
-        if improved:
-            best = metrics["ap50"]
+        best = max(best, metrics["ap50"])
+        # the best epoch on val to --model-out; every epoch's weights to RUN/last (not picked
+        # on val, and left behind by a run cut short)
+        for folder, selection in ((out / "last", "latest epoch"), (model_out, "best val AP50")):
+            if folder == model_out and not improved:
+                continue
             card = dataclasses.replace(
                 card_base,
+                training={**card_base.training, "selection": selection},
                 metrics={
                     "val_ap50": metrics["ap50"],
                     "val_ap50_ci95": [metrics.get("ap50_low"), metrics.get("ap50_high")],
@@ -560,7 +565,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
                     "val_boxes": int(sum(len(s.boxes) for s in val)),
                 },
             )
-            save_model(evaluated.cpu(), model_out, card)
+            save_model(evaluated.cpu(), folder, card)
             evaluated.to(device, memory_format=torch.channels_last)
         state = {
             "model": network.state_dict(),

@@ -816,7 +816,10 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
 
     frame_augment = camera_augment(plan) if config.camera_augment else None
 
-    def save_best(metrics: dict[str, Any], step: int) -> None:
+    def save_weights(metrics: dict[str, Any], step: int, *, latest: bool = False) -> None:
+        """The best-on-validation model to ``model_out``, or (``latest``) the weights just
+        validated to RUN/last, like nnU-Net's checkpoint_best / checkpoint_final: a run cut
+        short (time budget, session end) still leaves its latest weights as a model."""
         from medlens.models.zoo import ModelCard, save_model
 
         shipped_plan = plan.to_dict()
@@ -879,6 +882,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     else ""
                 ),
                 "seconds": round(elapsed(), 1),
+                "selection": "the latest validated weights (not picked on validation)"
+                if latest
+                else "the iteration with the best validation mean Dice",
                 "ema_decay": config.ema_decay,
                 "init": config.init
                 or (
@@ -895,6 +901,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 "library": "opacus DP-SGD, RDP accountant, Poisson sampling",
                 **dp.summary(),
             }
+        if latest:
+            save_model(evaluated_network, out / "last", card)
+            return
         save_model(evaluated_network, model_out, card)
         _write_json(out / "best_metrics.json", {"step": step, **metrics})
 
@@ -995,7 +1004,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                         "step": done,
                         "dice_per_label": metrics["dice_per_label"],
                     }
-                    save_best(metrics, done)
+                    save_weights(metrics, done)
+                save_weights(metrics, done, latest=True)
                 privacy = f"  DP epsilon spent {dp.epsilon_spent():.3f}" if dp is not None else ""
                 print(
                     f"iteration {done}: loss {np.mean(running):.4f}  val mean Dice "
