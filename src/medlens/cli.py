@@ -813,7 +813,10 @@ def regroup_split(
     ] = None,
     seed: Annotated[int, typer.Option(help="Which groups are drawn for validation.")] = 0,
     threshold: Annotated[
-        float, typer.Option(help="Thumbnail correlation that makes two slices one scan.")
+        float,
+        typer.Option(
+            help="Thumbnail correlation that makes two slices one scan.", min=0.0, max=1.0
+        ),
     ] = 0.96,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
