@@ -25,10 +25,12 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 SIGNATURE_SIZE_PX = 64
 SAME_SCAN_SIMILARITY = 0.96
+BLOCK_ROWS = 512  # rows of a similarity block: 512 x 100k images is 200 MB of float32
 
 
 def thumbnail_signature(pixels: np.ndarray, *, size_px: int = SIGNATURE_SIZE_PX) -> np.ndarray:
@@ -52,7 +54,18 @@ def similarity_groups(
     Chains matter: the first and last slice of a scan differ, but each is close to its
     neighbour. ``signatures``: (images, features) from :func:`thumbnail_signature`.
     """
-    linked = signatures @ signatures.T >= threshold
+    rows, columns = [], []
+    for start in range(0, len(signatures), BLOCK_ROWS):  # sparse links, never an N x N matrix
+        block_rows, block_columns = np.nonzero(
+            signatures[start : start + BLOCK_ROWS] @ signatures.T >= threshold
+        )
+        rows.append(block_rows + start)
+        columns.append(block_columns)
+    rows_all, columns_all = np.concatenate(rows), np.concatenate(columns)
+    linked = coo_matrix(
+        (np.ones(len(rows_all), bool), (rows_all, columns_all)),
+        shape=(len(signatures), len(signatures)),
+    )
     _, groups = connected_components(linked, directed=False)
     return groups
 
@@ -87,9 +100,12 @@ def validation_leaks(
     """Validation images whose nearest training image is at least ``threshold`` similar."""
     if len(train_signatures) == 0 or len(val_signatures) == 0:
         return LeakReport(0, len(val_signatures), threshold, [])
-    similarity = val_signatures @ train_signatures.T
-    nearest = similarity.argmax(axis=1)
-    best = similarity[np.arange(len(val_names)), nearest]
+    nearest = np.empty(len(val_signatures), int)
+    best = np.empty(len(val_signatures), np.float32)
+    for start in range(0, len(val_signatures), BLOCK_ROWS):  # memory: a block, not val x train
+        similarity = val_signatures[start : start + BLOCK_ROWS] @ train_signatures.T
+        nearest[start : start + len(similarity)] = similarity.argmax(axis=1)
+        best[start : start + len(similarity)] = similarity.max(axis=1)
     order = np.argsort(-best)
     examples = [
         (val_names[i], train_names[nearest[i]], float(best[i]))
