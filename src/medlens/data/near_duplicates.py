@@ -21,6 +21,7 @@ for 90 % of slices; 0.96 splits the 600 slices into about 50 scans.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -79,6 +80,13 @@ class LeakReport:
     threshold: float
     examples: list[tuple[str, str, float]]  # (val name, nearest train name, similarity)
 
+    def card_entry(self, noun: str) -> str:
+        """One line for a model card, e.g. ``card_entry("image")``."""
+        return (
+            f"{self.leaked} of {self.total} val {noun}s have a training {noun} with thumbnail "
+            f"similarity >= {self.threshold}"
+        )
+
     def message(self) -> str:
         shown = "; ".join(f"{v} ~ {t} ({s:.3f})" for v, t, s in self.examples[:3])
         return (
@@ -113,6 +121,26 @@ def validation_leaks(
         if best[i] >= threshold
     ]
     return LeakReport(int((best >= threshold).sum()), len(val_names), threshold, examples)
+
+
+def leaks_between(
+    train_images: Sequence[np.ndarray],
+    val_images: Sequence[np.ndarray],
+    *,
+    train_names: list[str],
+    val_names: list[str],
+    threshold: float = SAME_SCAN_SIMILARITY,
+) -> LeakReport:
+    """:func:`validation_leaks` of 2D images (grey or colour pixel arrays)."""
+    if not train_images or not val_images:
+        return LeakReport(0, len(val_images), threshold, [])
+    return validation_leaks(
+        np.stack([thumbnail_signature(pixels) for pixels in train_images]),
+        np.stack([thumbnail_signature(pixels) for pixels in val_images]),
+        train_names=train_names,
+        val_names=val_names,
+        threshold=threshold,
+    )
 
 
 def grouped_validation(groups: np.ndarray, *, val_fraction: float, seed: int = 0) -> np.ndarray:

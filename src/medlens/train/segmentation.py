@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medlens.data.near_duplicates import LeakReport, thumbnail_signature, validation_leaks
+from medlens.data.near_duplicates import leaks_between
 from medlens.data.segmentation import (
     CasePaths,
     check_label_classes,
@@ -161,18 +161,9 @@ def _pad_to(array: np.ndarray, shape: list[int], value: float) -> tuple[np.ndarr
     return np.pad(array, pad, constant_values=value), crop
 
 
-def frame_leaks(train: list[LoadedCase], val: list[LoadedCase]) -> LeakReport:
-    """2D validation frames that are near-duplicates of training frames."""
-
-    def signature(case: LoadedCase) -> np.ndarray:
-        return thumbnail_signature(case.image[(slice(None), *case.crop)].float().mean(0).numpy())
-
-    return validation_leaks(
-        np.stack([signature(c) for c in train]),
-        np.stack([signature(c) for c in val]),
-        train_names=[c.case_id for c in train],
-        val_names=[c.case_id for c in val],
-    )
+def frame_pixels(case: LoadedCase) -> np.ndarray:
+    """(rows, columns) mean over channels of a 2D case, without its padding."""
+    return case.image[(slice(None), *case.crop)].float().mean(0).numpy()
 
 
 def load_cases(
@@ -671,7 +662,16 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     val_case_paths = [by_id[c] for c in val_ids if c in by_id]
     train_cases = load_cases(train_cases_paths, plan)
     val_cases = load_cases(val_case_paths, plan) if is_main else []
-    leaks = frame_leaks(train_cases, val_cases) if plan.dims == 2 and val_cases else None
+    leaks = (
+        leaks_between(
+            [frame_pixels(c) for c in train_cases],
+            [frame_pixels(c) for c in val_cases],
+            train_names=[c.case_id for c in train_cases],
+            val_names=[c.case_id for c in val_cases],
+        )
+        if plan.dims == 2 and val_cases
+        else None
+    )
     if leaks is not None and leaks.leaked:
         print(f"warning: {leaks.message()}")
 
@@ -849,10 +849,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     "seed": config.seed,
                     "fold": config.fold,
                     **(
-                        {
-                            "val_near_duplicates": f"{leaks.leaked} of {leaks.total} val frames "
-                            f"have a training frame with thumbnail similarity >= {leaks.threshold}"
-                        }
+                        {"val_near_duplicates": leaks.card_entry("frame")}
                         if leaks is not None
                         else {}
                     ),
