@@ -47,7 +47,7 @@ def test_the_shipped_kidney_stone_split_leaks_scans_into_validation(shared_data:
     val_names, val = signatures(root / "val")
     report = validation_leaks(train, val, train_names=train_names, val_names=val_names)
     assert report.total == 100 and report.leaked >= 95
-    assert "medlens regroup-split" in report.message()
+    assert report.message("use a split by scan.").endswith("new patients; use a split by scan.")
     groups = similarity_groups(np.concatenate([train, val]))
     assert 30 <= groups.max() + 1 <= 80  # tens of scans, not 600 slices and not one blob
 

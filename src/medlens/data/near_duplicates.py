@@ -87,13 +87,13 @@ class LeakReport:
             f"similarity >= {self.threshold}"
         )
 
-    def message(self) -> str:
+    def message(self, remedy: str) -> str:
+        """The warning for a training log; ``remedy`` says what the user can do about it."""
         shown = "; ".join(f"{v} ~ {t} ({s:.3f})" for v, t, s in self.examples[:3])
         return (
             f"{self.leaked} of {self.total} validation images have a near-duplicate among the "
             f"training images (thumbnail similarity >= {self.threshold}), e.g. {shown}. "
-            "Validation then overstates accuracy on new patients; `medlens regroup-split` "
-            "builds a split that holds out whole scans."
+            f"Validation then overstates accuracy on new patients; {remedy}"
         )
 
 

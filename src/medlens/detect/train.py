@@ -306,7 +306,10 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         val_names=[s.path.name for s in val],
     )
     if leaks.leaked:
-        log(f"warning: {leaks.message()}")
+        log(
+            "warning: "
+            + leaks.message("`medlens regroup-split` builds a split that holds out whole scans.")
+        )
 
     if config.resume:  # the architecture follows the checkpoint (older runs: size_offset)
         saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["config"]

@@ -673,7 +673,13 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         else None
     )
     if leaks is not None and leaks.leaked:
-        print(f"warning: {leaks.message()}")
+        # the split is by case: a duplicate pair ends up on one side once both are in val
+        print(
+            "warning: "
+            + leaks.message(
+                "name the training twins in --val-cases too, so each pair is validated together."
+            )
+        )
 
     network = plan.build_network(
         pretrained=config.pretrained and resume_state is None and not config.init
