@@ -196,7 +196,7 @@ def test_2d_images_masks_folder_trains(polyp_run: Path) -> None:
     assert card.training["split"]["val_near_duplicates"].startswith("0 of 1 val frames")
 
 
-def test_a_val_frame_duplicated_in_train_is_reported_in_the_log_and_the_card(
+def test_a_val_frame_duplicated_in_train_is_reported_and_group_similar_keeps_the_pair_together(
     examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A frame exported twice under two names must not validate the frame it trained on."""
@@ -214,9 +214,26 @@ def test_a_val_frame_duplicated_in_train_is_reported_in_the_log_and_the_card(
     assert code == 0
     printed = capsys.readouterr().out
     assert "1 of 2 validation images have a near-duplicate" in printed
-    assert "name the training twins in --val-cases" in printed  # the remedy that fits train seg
+    assert "--group-similar keeps near-duplicate frames on one side" in printed  # the remedy
     card = json.loads((out / "model" / "model.json").read_text())
     assert card["training"]["split"]["val_near_duplicates"].startswith("1 of 2 val frames")
+
+    # the remedy: --group-similar moves the twin to validation with its copy
+    grouped = tmp_path / "grouped"
+    code = train(
+        data, grouped, "--iterations", "1", "--batch-size", "2", "--labels", "1=polyp",
+        "--val-cases", "copy", "--no-pretrained", "--group-similar",
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "split by similar-frame groups: 4 groups of 5 frames" in printed
+    assert "near-duplicate among the training images" not in printed
+    split = json.loads((grouped / "split.json").read_text())
+    assert {"copy", frame.stem} <= set(split["val"])
+    assert split["similar_frame_groups"]["copy"] == split["similar_frame_groups"][frame.stem]
+    card = json.loads((grouped / "model" / "model.json").read_text())
+    assert card["training"]["split"]["val_near_duplicates"].startswith("0 of 3 val frames")
+    assert "--group-similar" in card["training"]["command"]
 
 
 def test_label_with_classes_not_in_the_plan_is_refused(

@@ -453,6 +453,13 @@ def train_seg(
             help="RGB frames: also white balance, saturation, defocus and low resolution."
         ),
     ] = False,
+    group_similar: Annotated[
+        bool,
+        typer.Option(
+            help="2D: keep near-duplicate frames (e.g. neighbouring slices of one scan) on one "
+            "side of the split."
+        ),
+    ] = False,
 ) -> None:
     """Plan from the data (2D/3D, spacing, normalisation, patch, network) and train a segmenter.
 
@@ -500,6 +507,7 @@ def train_seg(
         dp_max_grad_norm=dp_max_grad_norm,
         ema_decay=ema_decay,
         camera_augment=camera_augment,
+        group_similar=group_similar,
     )
     best = train_segmentation(config)
     import os

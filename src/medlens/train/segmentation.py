@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medlens.data.near_duplicates import leaks_between
+from medlens.data.near_duplicates import leaks_between, similarity_groups, thumbnail_signature
 from medlens.data.segmentation import (
     CasePaths,
     check_label_classes,
@@ -40,6 +40,7 @@ from medlens.data.segmentation import (
     read_dataset_json,
 )
 from medlens.errors import MedlensError
+from medlens.image import Image
 from medlens.infer.segmentation import (
     cpu_bf16_supported,
     dice_per_class,
@@ -104,6 +105,9 @@ class TrainConfig:
     #: RGB frames: also white balance, saturation, defocus and low resolution (other cameras);
     #: off by default: a fine-tune with it traded 0.01 clean Dice for blur/JPEG robustness
     camera_augment: bool = False
+    #: 2D: keep near-duplicate frames (thumbnail correlation >= 0.96, e.g. neighbouring
+    #: slices of one scan) on one side of the split, so validation measures unseen scans
+    group_similar: bool = False
 
 
 # --------------------------------------------------------------------------- split
@@ -115,31 +119,59 @@ def make_split(
     forced_val: list[str],
     fold: int | None,
     folds: int,
+    groups: dict[str, int] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Train/validation case ids: seeded hold-out, or fold ``fold`` of ``folds``.
 
     Cases in ``forced_val`` are always validation cases (e.g. the bundled demo cases, which
-    a shipped model must never have trained on).
+    a shipped model must never have trained on). With ``groups`` (case id -> group, e.g. the
+    frames of one scan), whole groups go to one side: a forced case takes its group along,
+    and the hold-out or fold is drawn group by group.
+
+    >>> make_split(["a1", "a2", "b1", "c1"], val_fraction=0.5, seed=1, forced_val=[],
+    ...            fold=None, folds=5, groups={"a1": 0, "a2": 0, "b1": 1, "c1": 2})
+    (['b1', 'c1'], ['a1', 'a2'])
     """
     unknown = sorted(set(forced_val) - set(case_ids))
     if unknown:
         raise MedlensError(f"--val-cases not in the data: {', '.join(unknown)}")
-    rest = [c for c in case_ids if c not in forced_val]
-    order = np.random.default_rng(seed).permutation(len(rest))
-    shuffled = [rest[i] for i in order]
+    # every case is its own group unless grouped; a split is then a split of groups
+    group_of = groups or {case: index for index, case in enumerate(case_ids)}
+    forced_groups = {group_of[c] for c in forced_val}
+    forced = [c for c in case_ids if group_of[c] in forced_groups]
+    rest_groups = sorted({group_of[c] for c in case_ids} - forced_groups)
+    order = np.random.default_rng(seed).permutation(len(rest_groups))
+    shuffled = [rest_groups[i] for i in order]
     if fold is not None:
         if not 0 <= fold < folds:
             raise MedlensError(f"--fold {fold} out of range 0..{folds - 1}")
         chunks = np.array_split(np.arange(len(shuffled)), folds)
-        val_rest = [shuffled[i] for i in chunks[fold]]
+        val_groups = {shuffled[i] for i in chunks[fold]}
     else:
-        count = max(1, round(val_fraction * len(case_ids)) - len(forced_val))
-        val_rest = shuffled[:count]
-    val = sorted([*forced_val, *val_rest])
-    train = sorted(c for c in rest if c not in set(val_rest))
+        target = max(1, round(val_fraction * len(case_ids)) - len(forced))
+        size = {g: 0 for g in shuffled}
+        for case in case_ids:
+            size.setdefault(group_of[case], 0)
+            size[group_of[case]] += 1
+        val_groups, count = set(), 0
+        for group in shuffled:
+            if count >= target:
+                break
+            val_groups.add(group)
+            count += size[group]
+    val = sorted(c for c in case_ids if group_of[c] in val_groups or group_of[c] in forced_groups)
+    train = sorted(c for c in case_ids if c not in set(val))
     if not train:
         raise MedlensError("no training cases left after the split", hint="add more cases")
     return train, val
+
+
+def similar_frame_groups(images: list[Image], case_ids: list[str]) -> dict[str, int]:
+    """Case id -> group of near-duplicate 2D frames (e.g. neighbouring slices of one scan
+    exported one by one), linked at :data:`~medlens.data.near_duplicates.SAME_SCAN_SIMILARITY`.
+    """
+    signatures = np.stack([thumbnail_signature(image.array.mean(0)[..., 0]) for image in images])
+    return dict(zip(case_ids, similarity_groups(signatures).tolist(), strict=True))
 
 
 # --------------------------------------------------------------------------- data
@@ -598,6 +630,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             )
         resume_state = torch.load(source, map_location="cpu", weights_only=False)
 
+    groups: dict[str, int] | None = None  # case id -> similar-frame group (--group-similar)
     if resume_state is not None:
         plan = SegmentationPlan.from_dict(resume_state["plan"])
         train_ids, val_ids = resume_state["split"]["train"], resume_state["split"]["val"]
@@ -622,6 +655,13 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         if names is not None:
             for case, label in zip(cases, labels, strict=True):
                 check_label_classes(label, sorted(names), case.label)
+        groups = (
+            similar_frame_groups(images, [c.case_id for c in cases])
+            if config.group_similar and fingerprint.dims == 2
+            else None
+        )
+        if config.group_similar and fingerprint.dims != 2 and is_main:
+            print("note: --group-similar applies to 2D frames; a 3D case is a whole scan already")
         del images, labels
         plan = make_plan(
             fingerprint,
@@ -640,7 +680,14 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             forced_val=list(config.val_cases),
             fold=config.fold,
             folds=config.folds,
+            groups=groups,
         )
+        if groups is not None and is_main:
+            val_groups = len({groups[c] for c in val_ids})
+            print(
+                f"split by similar-frame groups: {len(set(groups.values()))} groups of "
+                f"{len(groups)} frames; validation holds {len(val_ids)} frames of {val_groups}"
+            )
     if config.batch_size:
         plan.batch_size = config.batch_size
     if config.mirror_axes is not None:
@@ -651,10 +698,11 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     if is_main:
         _write_json(out / "plan.json", plan.to_dict())
         _write_json(out / "fingerprint.json", fingerprint_dict)
-        _write_json(
-            out / "split.json",
-            {"train": train_ids, "val": val_ids, "seed": config.seed, "fold": config.fold},
-        )
+        split = {"train": train_ids, "val": val_ids, "seed": config.seed, "fold": config.fold}
+        if groups is not None:
+            split["similar_frame_groups"] = groups
+        if resume_state is None or not (out / "split.json").is_file():
+            _write_json(out / "split.json", split)
 
     from rich.progress import Progress
 
@@ -676,9 +724,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         # the split is by case: a duplicate pair ends up on one side once both are in val
         print(
             "warning: "
-            + leaks.message(
-                "name the training twins in --val-cases too, so each pair is validated together."
-            )
+            + leaks.message("--group-similar keeps near-duplicate frames on one side of the split.")
         )
 
     network = plan.build_network(
