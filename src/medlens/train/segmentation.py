@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +150,7 @@ def make_split(
         val_groups = {shuffled[i] for i in chunks[fold]}
     else:
         target = max(1, round(val_fraction * len(case_ids)) - len(forced))
-        size = {g: 0 for g in shuffled}
-        for case in case_ids:
-            size.setdefault(group_of[case], 0)
-            size[group_of[case]] += 1
+        size = Counter(group_of[c] for c in case_ids)
         val_groups, count = set(), 0
         for group in shuffled:
             if count >= target:
@@ -721,7 +719,6 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         else None
     )
     if leaks is not None and leaks.leaked:
-        # the split is by case: a duplicate pair ends up on one side once both are in val
         print(
             "warning: "
             + leaks.message("--group-similar keeps near-duplicate frames on one side of the split.")
