@@ -157,3 +157,40 @@ def test_class_argmax_matches_torch_argmax() -> None:
 
     probabilities = torch.rand(4, 7, 9, 5)
     assert torch.equal(class_argmax(probabilities), probabilities.argmax(0).to(torch.uint8))
+
+
+def test_int8_quantisation_keeps_the_end_convolutions_float_and_the_output_close(
+    tmp_path: Path,
+) -> None:
+    """Static int8 (QDQ): middle convolutions quantised, stem and head float, same answer."""
+    import onnx
+
+    from medlens.compress.quantize import conv_node_names, quantize_onnx
+
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = [torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU()]
+    for _ in range(4):
+        layers += [torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU()]
+    network = torch.nn.Sequential(*layers, torch.nn.Conv2d(16, 2, 1)).eval()
+    source = export_onnx(network, torch.rand(1, 3, 32, 32), tmp_path / "float.onnx")
+    rng = np.random.default_rng(0)
+    calibration = [rng.random((1, 3, 32, 32), dtype=np.float32) for _ in range(8)]
+    output = quantize_onnx(source, tmp_path / "int8.onnx", calibration, float_first=1, float_last=1)
+
+    graph = onnx.load(str(output)).graph
+    produced_by = {out: node for node in graph.node for out in node.output}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert [node.name for node in convs] == conv_node_names(source)
+    quantised = [produced_by.get(node.input[1]) is not None for node in convs]
+    assert quantised == [False, True, True, True, True, False]  # weights via DequantizeLinear
+
+    x = torch.from_numpy(rng.random((2, 3, 48, 40), dtype=np.float32))  # other batch and size
+    expected = OnnxNetwork(source, threads=1)(x)
+    got = OnnxNetwork(output, threads=1)(x)
+    assert got.shape == expected.shape
+    assert float(torch.corrcoef(torch.stack([got.ravel(), expected.ravel()]))[0, 1]) > 0.99
+    assert list(tmp_path.glob("*.partial*")) == []  # written atomically
+
+    with pytest.raises(MedlensError, match="calibration"):
+        quantize_onnx(source, tmp_path / "none.onnx", [])
+    assert not (tmp_path / "none.onnx").exists()

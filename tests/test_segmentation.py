@@ -556,3 +556,38 @@ def test_card_ships_the_post_processing_chosen_on_validation(hippocampus_run: Pa
     assert 2 in proposed  # the posterior part is one blob
     assert card["preprocessing"]["plan"]["largest_component"] == choice["kept"]
     assert set(choice["kept"]) <= set(proposed)
+
+
+def test_quantize_adds_a_verified_int8_graph_that_predict_runs_on_the_cpu(
+    polyp_run: Path, examples: Path, tmp_path: Path
+) -> None:
+    from medlens.compress.onnx import OnnxNetwork
+    from medlens.compress.quantize import INT8_NAME
+    from medlens.infer.predict import load_segmenter
+
+    model = tmp_path / "model"
+    shutil.copytree(polyp_run / "model", model)
+    assert run_cli(["quantize", str(model), "--frames", "2"]) == 0
+    card = json.loads((model / "model.json").read_text())
+    assert card["extra"]["int8"]["file"] == INT8_NAME
+    assert card["extra"]["int8"]["calibration"].startswith("2 training frames")
+    load_model(model)  # the float weights and their sha256 are untouched
+
+    network, _, _ = load_segmenter(model, engine="auto")  # auto on the CPU: the int8 graph
+    assert isinstance(network, OnnxNetwork) and network.path.name == INT8_NAME
+    out = tmp_path / "masks"
+    assert run_cli(["predict", str(model), str(examples / "kvasir" / "images"), str(out)]) == 0
+    frames = sorted((examples / "kvasir" / "images").iterdir())
+    assert sorted(p.stem for p in out.iterdir()) == [p.stem for p in frames]
+    mask = cv2.imread(str(out / f"{frames[0].stem}.png"), cv2.IMREAD_GRAYSCALE)
+    assert mask.shape == cv2.imread(str(frames[0])).shape[:2] and set(np.unique(mask)) <= {0, 255}
+
+    # refused: a second graph without --overwrite, a changed graph, a 3D model
+    assert run_cli(["quantize", str(model), "--frames", "2"]) == 2
+    with open(model / INT8_NAME, "ab") as handle:
+        handle.write(b"\0")
+    code = run_cli(["predict", str(model), str(frames[0]), str(tmp_path / "x.png")])
+    assert code == 2 and not (tmp_path / "x.png").exists()
+    assert run_cli(["predict", str(model), str(frames[0]), str(tmp_path / "y.png"),
+                    "--engine", "torch"]) == 0  # fmt: skip
+    assert run_cli(["quantize", "hippocampus"]) == 2

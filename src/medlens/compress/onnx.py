@@ -134,6 +134,7 @@ class OnnxNetwork(torch.nn.Module):
         # idle ORT threads must not spin: they would steal the 2 cores from the pre- and
         # post-processing (letterbox, decode, NMS) that runs between calls
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.path = Path(path)
         self.session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
         )

@@ -54,8 +54,9 @@ def load_segmenter(
 ) -> tuple[torch.nn.Module, SegmentationPlan, object]:
     """Network (eval mode), plan and card of a shipped segmentation model.
 
-    ``engine``: ``torch``, ``onnx`` (ONNX Runtime on the CPU) or ``auto`` (ONNX Runtime on
-    the CPU unless the model runs bf16 there, see :mod:`medlens.compress.onnx`).
+    ``engine``: ``torch``, ``onnx`` (ONNX Runtime on the CPU), ``onnx-int8`` (the model's
+    int8 graph, :mod:`medlens.compress.quantize`) or ``auto`` (on the CPU: the int8 graph
+    where the model has one, else ONNX Runtime unless the model runs bf16 there).
     """
     from medlens.compress.onnx import inference_engine
     from medlens.infer.segmentation import uses_amp
@@ -72,6 +73,14 @@ def load_segmenter(
     if plan.dims == 2:  # channels-last: ~15% faster depthwise/2D convolutions on CPU
         network = network.to(memory_format=torch.channels_last)
     plan.labels = {int(k): v for k, v in card.labels.items()}
+    has_int8 = "int8" in card.extra
+    if engine == "onnx-int8" or (engine == "auto" and device == "cpu" and has_int8):
+        from medlens.compress.quantize import int8_network
+        from medlens.models.zoo import find_model
+
+        if device != "cpu":
+            raise MedlensError("--engine onnx-int8 runs on the CPU", hint="use --device cpu")
+        return int8_network(find_model(model), card), plan, card
     if engine == "auto" and uses_amp(torch.device(device), plan):
         engine = "torch"  # bf16 autocast on this CPU beats float32 ONNX Runtime
     network = inference_engine(
