@@ -109,6 +109,11 @@ def quantize_segmenter(
     from medlens.models.segmentation import SegmentationPlan, image_to_network_array
     from medlens.models.zoo import CARD_NAME, file_sha256, find_model, load_model
 
+    if frames < 1 or float_first < 0 or float_last < 0:
+        raise MedlensError(
+            "--frames must be at least 1 and --float-first/--float-last at least 0",
+            hint="e.g. --frames 100 --float-first 1 --float-last 6",
+        )
     folder = find_model(model)
     network, card = load_model(folder)
     plan = SegmentationPlan.from_dict(card.preprocessing.get("plan", {}))
