@@ -591,4 +591,5 @@ def test_quantize_adds_a_verified_int8_graph_that_predict_runs_on_the_cpu(
     assert run_cli(["predict", str(model), str(frames[0]), str(tmp_path / "y.png"),
                     "--engine", "torch"]) == 0  # fmt: skip
     assert run_cli(["quantize", "hippocampus"]) == 2
+    assert run_cli(["quantize", "kidney-stones"]) == 2  # a detector, not a segmenter
     assert run_cli(["quantize", str(model), "--frames", "0", "--overwrite"]) == 2

@@ -107,7 +107,7 @@ def quantize_segmenter(
     from medlens.compress.onnx import export_onnx
     from medlens.data.segmentation import find_cases, read_case_image
     from medlens.models.segmentation import SegmentationPlan, image_to_network_array
-    from medlens.models.zoo import CARD_NAME, file_sha256, find_model, load_model
+    from medlens.models.zoo import CARD_NAME, file_sha256, find_model, load_card, load_model
 
     if frames < 1 or float_first < 0 or float_last < 0:
         raise MedlensError(
@@ -115,14 +115,16 @@ def quantize_segmenter(
             hint="e.g. --frames 100 --float-first 1 --float-last 6",
         )
     folder = find_model(model)
-    network, card = load_model(folder)
-    plan = SegmentationPlan.from_dict(card.preprocessing.get("plan", {}))
-    if card.task != "segmentation" or plan.dims != 2 or not plan.frame_size:
+    card = load_card(folder)  # the task first: a detector's network is not built here
+    is_segmenter = card.task == "segmentation" and "plan" in card.preprocessing
+    plan = SegmentationPlan.from_dict(card.preprocessing["plan"]) if is_segmenter else None
+    if plan is None or plan.dims != 2 or not plan.frame_size:
         raise MedlensError(
             "int8 quantisation is measured for 2D frame models only (e.g. polyp)",
             path=folder,
-            hint="3D models keep the float ONNX Runtime engine",
+            hint="3D segmenters and detectors keep the float ONNX Runtime engine",
         )
+    network, card = load_model(folder)
     output = folder / INT8_NAME
     if output.exists() and not overwrite:
         raise MedlensError("the model already has an int8 graph", path=output,
