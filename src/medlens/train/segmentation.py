@@ -157,8 +157,9 @@ def make_split(
                 break
             val_groups.add(group)
             count += size[group]
-    val = sorted(c for c in case_ids if group_of[c] in val_groups or group_of[c] in forced_groups)
-    train = sorted(c for c in case_ids if c not in set(val))
+    val_groups |= forced_groups
+    val = sorted(c for c in case_ids if group_of[c] in val_groups)
+    train = sorted(c for c in case_ids if group_of[c] not in val_groups)
     if not train:
         raise MedlensError("no training cases left after the split", hint="add more cases")
     return train, val
