@@ -10,6 +10,8 @@
 #   bash benchmarks/gpu_session.sh polyp-lite  # three polyp runs from ImageNet side by side:
 #                                           # Lite1UNet, Lite1UNet + camera augmentation,
 #                                           # Lite0UNet + camera augmentation
+#   bash benchmarks/gpu_session.sh polyp-size  # polyp from ImageNet at 320x320 (card split)
+#                                           # and 256 vs 320 on fold 1; torchrun on CUDA
 #
 # Expects the data under ../shared/data (or work_data/, linked there) and writes what comes
 # back under $OUT (default runs/gpu). Training runs stop by their --minutes budget; the new
@@ -28,7 +30,7 @@
 # transfer beside the data, and no path run here calls it, so a stub that raises on any use
 # stands in for it where SimpleITK is missing.
 set -uo pipefail
-MODE=${1:?seg, hippo, detect or polyp-lite}
+MODE=${1:?seg, hippo, detect, polyp-lite or polyp-size}
 OUT=${OUT:-runs/gpu}
 MINUTES=${MINUTES:-6}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu MINUTES=0.3 SKIP_WHEELS=1 FORCE_SITK_STUB=1: a local dry run
@@ -59,7 +61,9 @@ python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', mona
 
 # the CUDA tests (test_preprocess.py needs the real SimpleITK and is skipped with the stub)
 CUDA_TESTS="python3 -m pytest -q tests -m cuda -p no:cacheprovider --continue-on-collection-errors"
-if [ "${SKIP_BENCH:-0}" != 1 ] && { [ "$MODE" = hippo ] || [ "$MODE" = polyp-lite ]; }; then
+if [ "$MODE" = polyp-size ]; then
+  :  # runs its own CUDA tests beside the training runs
+elif [ "${SKIP_BENCH:-0}" != 1 ] && { [ "$MODE" = hippo ] || [ "$MODE" = polyp-lite ]; }; then
   $CUDA_TESTS > runs/cuda-tests.log 2>&1 &  # beside the training runs
   TESTS_PID=$!
 elif [ "${SKIP_BENCH:-0}" != 1 ]; then
@@ -160,6 +164,40 @@ elif [ "$MODE" = polyp-lite ]; then
     runs/cuda-tests.log 2>/dev/null
   [ -n "${TESTS_PID:-}" ] && wait "$TESTS_PID"
   tail -4 runs/cuda-tests.log 2>/dev/null
+elif [ "$MODE" = polyp-size ]; then
+  # Does a 320x320 network input beat 256x256 on frames the size was not picked on? (The CPU
+  # fine-tune that chose 320 scored the card's val frames, which are fold 0 of 5 with seed 0.)
+  # a: 320 on the card's split; b, c: 256 and 320 on fold 1. All from ImageNet with the
+  # shipped recipe; each arm's last moving-average weights come back. Beside them, the CUDA
+  # tests of test_segmentation.py (torchrun: two processes on the GPU).
+  python3 -m pytest -q tests/test_segmentation.py -m cuda -p no:cacheprovider \
+    > runs/cuda-tests.log 2>&1 &
+  TESTS_PID=$!
+  pids=()
+  for arm in a b c; do
+    case $arm in
+      a) extra="--frame-size 320x320" ;;
+      b) extra="--fold 1" ;;
+      c) extra="--fold 1 --frame-size 320x320" ;;
+    esac
+    python3 -m medlens train seg ../shared/data/kvasir-seg --out runs/gpu-size-$arm \
+      --iterations 200000 --minutes "$MINUTES" --lr 1e-3 --batch-size 16 --val-every 250 \
+      --val-cases $VAL --labels 1=polyp --network Lite0UNet --mirror-axes 0,1 \
+      --ema-decay 0.999 --camera-augment --threads 4 --device $DEVICE --checkpoint-minutes 60 \
+      $extra > runs/gpu-size-$arm.log 2>&1 &
+    pids+=($!)
+  done
+  wait_for_runs runs/gpu-util.log
+  for arm in a b c; do
+    mkdir -p "$OUT/size-$arm"
+    cp runs/gpu-size-$arm/last/model.safetensors "$OUT/size-$arm/" 2>/dev/null
+    grep -E "^iteration" runs/gpu-size-$arm.log | tail -2
+  done
+  [ -n "${TESTS_PID:-}" ] && wait "$TESTS_PID"
+  tail -4 runs/cuda-tests.log 2>/dev/null
+  tar -czf "$OUT/size-logs.tar.gz" runs/gpu-size-*/last/model.json runs/gpu-size-*/log.csv \
+    runs/gpu-size-*/split.json runs/gpu-size-*/training.png runs/gpu-size-*.log \
+    runs/gpu-util.log runs/cuda-tests.log 2>/dev/null
 elif [ "$MODE" = detect ]; then
   python3 benchmarks/detection.py --devices $DEVICE --images "${DET_IMAGES:-512}" --out "$OUT/detection-gpu.md" 2>&1 | tail -8
   # two recipes from the shipped model side by side: crops as on the CPU, and whole slices

@@ -7,7 +7,11 @@ Training runs a few iterations on the four bundled hippocampus cases and four Kv
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -154,33 +158,59 @@ def test_ema_decay_validates_and_ships_the_moving_average(examples: Path, tmp_pa
     assert not torch.equal(shipped[name], checkpoint["model"][name])
 
 
-def test_torchrun_trains_with_two_processes_and_one_writer(examples: Path, tmp_path: Path) -> None:
-    """``torchrun -m medlens train seg`` runs DDP (gloo on CPU): both ranks train, rank 0
-    alone validates and writes the model, whose card records the two processes."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
+def _torchrun_train(examples: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node 2 -m medlens train seg`` for two iterations of the demo."""
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
-    out = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_port", port, "-m", "medlens", "train", "seg",
         str(examples / "hippocampus"), "--out", str(out), "--iterations", "2",
         "--batch-size", "1", "--threads", "1", "--val-every", "2", "--checkpoint-minutes", "0",
-        "--labels", "1=anterior,2=posterior", "--val-cases", "hippocampus_001",
+        "--labels", "1=anterior,2=posterior", "--val-cases", "hippocampus_001", *extra,
     ]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+
+
+def test_torchrun_trains_with_two_processes_and_one_writer(examples: Path, tmp_path: Path) -> None:
+    """``torchrun -m medlens train seg`` runs DDP (gloo on CPU): both ranks train, rank 0
+    alone validates and writes the model, whose card records the two processes."""
+    done = _torchrun_train(examples, tmp_path / "ddp", "--device", "cpu")
     assert done.returncode == 0, done.stderr[-2000:]
-    card = json.loads((out / "model" / "model.json").read_text())
+    card = json.loads((tmp_path / "ddp" / "model" / "model.json").read_text())
     assert card["training"]["processes"] == 2
+    assert card["training"]["distributed_backend"] == "gloo"
     assert card["training"]["iteration"] == 2
     assert done.stdout.count("iteration 2:") == 1  # one validation line: rank 0 only
-    load_model(out / "model")
+    load_model(tmp_path / "ddp" / "model")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torchrun_on_cuda_shares_a_gpu_with_gloo_and_nccl_asks_for_one_gpu_per_process(
+    examples: Path, tmp_path: Path
+) -> None:
+    """Two DDP processes on the GPU(s): gloo may share one GPU; NCCL with more processes
+    than GPUs stops with a hint instead of NCCL's "duplicate GPU" failure."""
+    done = _torchrun_train(
+        examples, tmp_path / "gloo", "--device", "cuda", "--dist-backend", "gloo"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((tmp_path / "gloo" / "model" / "model.json").read_text())
+    assert card["training"]["processes"] == 2 and card["training"]["device"].startswith("cuda")
+    assert card["training"]["distributed_backend"] == "gloo"
+    assert card["training"]["precision"] == "fp16 AMP"
+    load_model(tmp_path / "gloo" / "model")
+    done = _torchrun_train(examples, tmp_path / "nccl", "--device", "cuda")
+    if torch.cuda.device_count() >= 2:  # one GPU per process: NCCL trains
+        assert done.returncode == 0, done.stderr[-2000:]
+        card = json.loads((tmp_path / "nccl" / "model" / "model.json").read_text())
+        assert card["training"]["distributed_backend"] == "nccl"
+    else:
+        assert done.returncode != 0
+        assert "--dist-backend gloo" in done.stderr + done.stdout
 
 
 def test_2d_images_masks_folder_trains(polyp_run: Path) -> None:

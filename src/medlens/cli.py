@@ -467,6 +467,13 @@ def train_seg(
             "side of the split."
         ),
     ] = False,
+    dist_backend: Annotated[
+        str,
+        typer.Option(
+            help="torchrun: auto (NCCL on CUDA, gloo on CPU), nccl or gloo (gloo lets "
+            "processes share a GPU)."
+        ),
+    ] = "auto",
 ) -> None:
     """Plan from the data (2D/3D, spacing, normalisation, patch, network) and train a segmenter.
 
@@ -515,6 +522,7 @@ def train_seg(
         ema_decay=ema_decay,
         camera_augment=camera_augment,
         group_similar=group_similar,
+        dist_backend=dist_backend,
     )
     best = train_segmentation(config)
     import os

@@ -109,6 +109,9 @@ class TrainConfig:
     #: 2D: keep near-duplicate frames (thumbnail correlation >= 0.96, e.g. neighbouring
     #: slices of one scan) on one side of the split, so validation measures unseen scans
     group_similar: bool = False
+    #: torchrun: "auto" (NCCL on CUDA, gloo on the CPU), "nccl" or "gloo"; gloo on CUDA lets
+    #: several processes share one GPU (NCCL needs one GPU per process)
+    dist_backend: str = "auto"
 
 
 # --------------------------------------------------------------------------- split
@@ -592,15 +595,27 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         device = torch.device(config.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise MedlensError("--device cuda but no CUDA device is available")
+    if config.dist_backend not in ("auto", "nccl", "gloo"):
+        raise MedlensError(f"--dist-backend {config.dist_backend}: use auto, nccl or gloo")
     if distributed:
         import torch.distributed as dist
 
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = config.dist_backend
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            gpus = torch.cuda.device_count()
+            if local_rank >= gpus and backend == "nccl":
+                raise MedlensError(
+                    f"torchrun started more processes per node than there are GPUs ({gpus})",
+                    hint="use --nproc_per_node at most the GPU count, or --dist-backend gloo "
+                    "to share GPUs between processes",
+                )
+            device = torch.device("cuda", local_rank % gpus)
+            torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group(backend)
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
     is_main = rank == 0
     out = Path(config.out)  # made once the data and plan pass their checks
     checkpoint_path = out / "checkpoint.pt"
@@ -917,6 +932,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 else ("fp16 AMP" if amp else "fp32"),
                 "device": str(device),
                 "processes": world_size,  # torchrun: DDP, batch size is per process
+                **({"distributed_backend": backend} if distributed else {}),
                 "augmentation": (
                     "medlens.augment.Augment.default"
                     if config.augment == "medlens"
