@@ -251,10 +251,19 @@ def monai_loop_2d(model: str, files: list[Path], out: Path) -> float:
         for path in files:
             rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32)
             array = ((rgb - mean) / std).transpose(2, 1, 0)  # (C, x, y) like medlens
+            tensor = torch.from_numpy(np.ascontiguousarray(array))[None]
+            source_size = tensor.shape[2:]
+            if plan.frame_size:  # a MONAI user resizes to the model's input (Resize) and back
+                tensor = torch.nn.functional.interpolate(
+                    tensor, size=plan.frame_size, mode="bicubic", align_corners=False
+                )
             logits = sliding_window_inference(
-                torch.from_numpy(np.ascontiguousarray(array))[None], plan.patch_size, 4,
-                network, overlap=0.5, mode="gaussian",
-            )  # fmt: skip
+                tensor, plan.patch_size, 4, network, overlap=0.5, mode="gaussian"
+            )
+            if plan.frame_size:
+                logits = torch.nn.functional.interpolate(
+                    logits, size=source_size, mode="bilinear", align_corners=False
+                )
             mask = logits[0].argmax(0).to(torch.uint8).numpy().T * 255
             cv2.imwrite(str(out / (path.stem + ".png")), mask)
     return time.perf_counter() - started
