@@ -152,6 +152,33 @@ def test_predict_gives_the_same_polyp_masks_with_onnx_runtime_and_pytorch(
         assert mask.any()
 
 
+def test_shipped_polyp_model_runs_its_verified_int8_graph_by_default_on_the_cpu(
+    examples: Path, tmp_path: Path
+) -> None:
+    """``--engine auto`` picks the card's int8 graph (sha256-checked); its masks agree with the
+    float graph's on the bundled frames and both find the polyps."""
+    from medlens.compress.quantize import INT8_NAME
+    from medlens.infer.predict import load_segmenter
+
+    card = json.loads((ROOT / "models" / "polyp" / "model.json").read_text())
+    if "int8" not in card["extra"]:
+        pytest.skip("the shipped polyp model has no int8 graph")
+    network, _, _ = load_segmenter("polyp", engine="auto")
+    assert Path(network.path).name == INT8_NAME
+    frames = examples / "kvasir" / "images"
+    masks = {}
+    for engine in ("auto", "onnx"):
+        out = tmp_path / engine
+        assert run_cli(["predict", "polyp", str(frames), str(out), "--engine", engine]) == 0
+        masks[engine] = {p.name: cv2.imread(str(p), 0) > 0 for p in sorted(out.glob("*.png"))}
+    assert masks["auto"].keys() == masks["onnx"].keys() and masks["auto"]
+    for name, int8 in masks["auto"].items():
+        truth = cv2.imread(str(examples / "kvasir" / "masks" / (Path(name).stem + ".jpg")), 0) > 127
+        both = masks["onnx"][name]
+        assert 2 * (int8 & both).sum() / (int8.sum() + both.sum()) > 0.95, name
+        assert 2 * (int8 & truth).sum() / (int8.sum() + truth.sum()) > 0.7, name
+
+
 def test_class_argmax_matches_torch_argmax() -> None:
     from medlens.infer.segmentation import class_argmax
 

@@ -335,9 +335,10 @@ def test_plan_error_leaves_no_run_folder_behind(examples: Path, tmp_path: Path) 
 def test_shipped_polyp_model_segments_another_cameras_frame_size_alike(
     examples: Path, tmp_path: Path
 ) -> None:
-    """A 720x576 frame (PAL video) is resized to the plan's 256x256 for the network and the
-    mask comes back at 720x576; at its own size the frame would be cut into 256x256 windows
-    that each see a quarter of the polyp (0.59 mean Dice on 180 Kvasir frames at this size)."""
+    """A 720x576 frame (PAL video) is resized to the plan's frame size (320x320) for the
+    network and the mask comes back at 720x576; at its own size the frame would be cut into
+    patch-size windows that each see a quarter of the polyp (0.59 mean Dice on 180 Kvasir frames
+    at this size, with the 256x256 model of the time)."""
     import cv2
 
     def dice(a: np.ndarray, b: np.ndarray) -> float:
