@@ -172,11 +172,19 @@ def test_shipped_polyp_model_runs_its_verified_int8_graph_by_default_on_the_cpu(
         assert run_cli(["predict", "polyp", str(frames), str(out), "--engine", engine]) == 0
         masks[engine] = {p.name: cv2.imread(str(p), 0) > 0 for p in sorted(out.glob("*.png"))}
     assert masks["auto"].keys() == masks["onnx"].keys() and masks["auto"]
+
+    def dice(a: np.ndarray, b: np.ndarray) -> float:
+        return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+    int8_scores = []
     for name, int8 in masks["auto"].items():
         truth = cv2.imread(str(examples / "kvasir" / "masks" / (Path(name).stem + ".jpg")), 0) > 127
-        both = masks["onnx"][name]
-        assert 2 * (int8 & both).sum() / (int8.sum() + both.sum()) > 0.95, name
-        assert 2 * (int8 & truth).sum() / (int8.sum() + truth.sum()) > 0.7, name
+        float_mask = masks["onnx"][name]
+        assert dice(int8, float_mask) > 0.95, name
+        # int8 loses no accuracy on any frame (one frame is hard for both: Dice ~0.70)
+        assert dice(int8, truth) > dice(float_mask, truth) - 0.02, name
+        int8_scores.append(dice(int8, truth))
+    assert np.mean(int8_scores) > 0.8  # and it finds the polyps
 
 
 def test_class_argmax_matches_torch_argmax() -> None:

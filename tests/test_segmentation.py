@@ -543,6 +543,34 @@ def test_lite1_encoder_network_trains_and_loads_from_its_card(
     assert card.training["init"] == "random"
 
 
+def test_freeze_early_blocks_keeps_the_imagenet_stem_and_trains_the_rest(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medlens.models.lite_unet import Lite0UNet
+
+    out = tmp_path / "run"
+    code = train(
+        examples / "kvasir", out, "--iterations", "2", "--batch-size", "2", "--labels",
+        "1=polyp", "--freeze-early-blocks", "3", "--lr", "0.01",
+    )  # fmt: skip
+    assert code == 0
+    network, card = load_model(out / "model")  # trained channels-last, saved row-major
+    assert card.training["frozen_early_blocks"] == 3
+    imagenet = Lite0UNet(in_channels=3, out_channels=2, pretrained=True)
+    frozen = dict(zip(network.early_parameters(3), imagenet.early_parameters(3), strict=True))
+    assert all(torch.equal(trained, start) for trained, start in frozen.items())
+    later = network.encoder._blocks[3]._depthwise_conv.weight  # stride 8: trained
+    assert not torch.equal(later, imagenet.encoder._blocks[3]._depthwise_conv.weight)
+    # a DynUNet has no ImageNet stem to keep: refused before anything is written
+    code = train(
+        examples / "hippocampus", tmp_path / "hippo", "--iterations", "1",
+        "--freeze-early-blocks", "2",
+    )  # fmt: skip
+    assert code != 0 and not (tmp_path / "hippo").exists()
+    printed = capsys.readouterr()
+    assert "needs an EfficientNet-Lite U-Net" in printed.out + printed.err
+
+
 class _ThresholdNetwork(torch.nn.Module):
     """Foreground wherever the input is positive: predictions chosen by the test."""
 

@@ -410,6 +410,13 @@ def train_seg(
     freeze_encoder_epochs: Annotated[
         int, typer.Option(help="With --init: keep the encoder frozen for N epochs.")
     ] = 0,
+    freeze_early_blocks: Annotated[
+        int,
+        typer.Option(
+            help="Lite U-Nets: keep the stem and first N encoder blocks fixed (3: stride 2-4; "
+            "about 1.4x faster on the CPU)."
+        ),
+    ] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.pt.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[bool, typer.Option(help="Mixed precision (fp16 CUDA, bf16 CPU).")] = True,
@@ -504,6 +511,7 @@ def train_seg(
         model_out=model_out,
         init=init,
         freeze_encoder_epochs=freeze_encoder_epochs,
+        freeze_early_blocks=freeze_early_blocks,
         resume=resume,
         device=device,
         amp=amp,

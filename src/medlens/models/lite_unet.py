@@ -83,6 +83,14 @@ class LiteUNet(nn.Module):
     def encoder_parameters(self) -> list[nn.Parameter]:
         return list(self.encoder.parameters())
 
+    def early_parameters(self, blocks: int) -> list[nn.Parameter]:
+        """The stem's and the first ``blocks`` encoder blocks' parameters (stride 2-4 for
+        ``blocks`` <= 3 on every variant): the layers whose backward costs most per parameter,
+        since they run at the highest resolution."""
+        encoder = self.encoder
+        modules = [encoder._conv_stem, encoder._bn0, *encoder._blocks[:blocks]]
+        return [p for module in modules for p in module.parameters()]
+
 
 class Lite0UNet(LiteUNet):
     """:class:`LiteUNet` on EfficientNet-Lite0 (the shipped polyp model's network)."""

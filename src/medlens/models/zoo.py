@@ -11,6 +11,7 @@ recorded in the card and refuses a changed file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -122,6 +123,9 @@ def save_model(model: torch.nn.Module, folder: str | Path, card: ModelCard) -> M
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_output(folder / WEIGHTS_NAME) as temporary:
+        if any(not t.is_contiguous() for t in model.state_dict().values()):
+            # channels-last training; safetensors stores row-major tensors only
+            model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
         # save_model de-duplicates tensors shared between modules (MONAI's DynUNet has some)
         save_safetensors(model, str(temporary))
         size = temporary.stat().st_size

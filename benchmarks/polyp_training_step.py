@@ -1,0 +1,153 @@
+"""CPU cost of one polyp training iteration: memory format and frozen early encoder blocks.
+
+Most sessions have no GPU, so how many iterations two CPU hours buy decides how far the
+polyp recipe gets. This times the step of ``medlens train seg`` on real Kvasir-SEG frames
+(Lite0UNet from ImageNet, 256x256, batch 8, ``sample_batch`` + ``augment_batch`` + camera
+augmentation, Dice+CE, AdamW, clip, EMA update, ``loss.item()``), in four arms of one
+process with the same initial weights and batches:
+
+1. row-major tensors (PyTorch's default; the trainer before 2026-11-27);
+2. channels-last network and batches (what ``train seg`` now does for 2D plans);
+3. row-major with the stem and first 3 encoder blocks frozen (``--freeze-early-blocks 3``);
+4. channels-last with those blocks frozen.
+
+Background training (``medlens_train_bg``) is paused with SIGSTOP while timing.
+
+Run: ``python benchmarks/polyp_training_step.py`` (about 3 minutes on 2 cores; writes
+benchmarks/results/polyp_training_step.md). ``--frames 16 --iterations 2 --no-write`` is a
+smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "kvasir-seg"
+RESULTS = REPO / "benchmarks" / "results" / "polyp_training_step.md"
+
+
+@contextlib.contextmanager
+def background_paused(pause: bool) -> Iterator[None]:
+    """SIGSTOP the tagged background trainings while timing; always SIGCONT them."""
+    if pause:
+        subprocess.run(["pkill", "-STOP", "-f", "medlens_train_bg"], check=False)
+    try:
+        yield
+    finally:
+        if pause:
+            subprocess.run(["pkill", "-CONT", "-f", "medlens_train_bg"], check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=200, help="Kvasir frames to sample from")
+    parser.add_argument("--iterations", type=int, default=20, help="timed iterations per arm")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-pause", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from monai.losses import DiceCELoss
+
+    from medlens.data.segmentation import (
+        compute_fingerprint,
+        find_cases,
+        read_case_image,
+        read_case_label,
+    )
+    from medlens.models.segmentation import make_plan
+    from medlens.train.averaging import moving_average
+    from medlens.train.segmentation import augment_batch, camera_augment, load_cases, sample_batch
+
+    cases = find_cases(DATA)[: args.frames]
+    fingerprint = compute_fingerprint(
+        [read_case_image(c.image) for c in cases], [read_case_label(c.label) for c in cases]
+    )
+    plan = make_plan(fingerprint, labels={0: "background", 1: "polyp"}, batch_size=8,
+                     network="Lite0UNet", frame_size=[256, 256])  # fmt: skip
+    plan.mirror_axes = [0, 1]
+    loaded = load_cases(cases, plan)
+    start_weights = plan.build_network(pretrained=True).state_dict()
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    camera = camera_augment(plan)
+
+    def run_arm(channels_last: bool, frozen_blocks: int) -> dict[str, float]:
+        network = plan.build_network(pretrained=False)
+        network.load_state_dict(copy.deepcopy(start_weights))
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        network = network.to(memory_format=memory_format).train()
+        for parameter in network.early_parameters(frozen_blocks) if frozen_blocks else []:
+            parameter.requires_grad_(False)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=3e-5)
+        ema = moving_average(network, decay=0.999)
+        rng = np.random.default_rng(0)
+        generator = torch.Generator().manual_seed(0)
+        indices = list(range(len(loaded)))
+        seconds = []
+        for step in range(args.warmup + args.iterations):
+            began = time.perf_counter()
+            images, labels = sample_batch(loaded, indices, plan.patch_size, 8, rng, 0.33)
+            images, labels = augment_batch(images, labels, generator, plan.mirror_axes)
+            images = camera(images, generator).contiguous(memory_format=memory_format)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_function(network(images).float(), labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+            optimizer.step()
+            ema.update_parameters(network)
+            loss.item()
+            if step >= args.warmup:
+                seconds.append(time.perf_counter() - began)
+        return {"seconds": float(np.median(seconds)), "mean": float(np.mean(seconds))}
+
+    arms = [
+        ("row-major (before)", False, 0),
+        ("channels-last (train seg now)", True, 0),
+        ("row-major, --freeze-early-blocks 3", False, 3),
+        ("channels-last, --freeze-early-blocks 3", True, 3),
+    ]
+    load_before = Path("/proc/loadavg").read_text().split()[0]
+    with background_paused(not args.no_pause):
+        time.sleep(0 if args.no_pause else 5)  # let the paused threads leave the cores
+        results = [(name, run_arm(cl, frozen)) for name, cl, frozen in arms]
+    base = results[0][1]["seconds"]
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        "# Polyp training step on the CPU: memory format and frozen early blocks",
+        "",
+        f"`python benchmarks/polyp_training_step.py` ({stamp})",
+        "",
+        f"- torch {torch.__version__}, {args.threads} threads; 1-minute load average before "
+        f"{load_before}; background training paused: {not args.no_pause}",
+        f"- Lite0UNet from ImageNet, 256x256 RGB, batch 8, {len(loaded)} Kvasir-SEG frames; "
+        "sample + augment + camera augment + forward + Dice/CE + backward + clip + AdamW + EMA",
+        f"- {args.warmup} warm-up and {args.iterations} timed iterations per arm (median)",
+        "",
+        "| arm | seconds per iteration | iterations per hour | speed-up |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, result in results:
+        lines.append(
+            f"| {name} | {result['seconds']:.3f} | {3600 / result['seconds']:.0f} | "
+            f"{base / result['seconds']:.2f}x |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
