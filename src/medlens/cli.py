@@ -414,7 +414,7 @@ def train_seg(
         int,
         typer.Option(
             help="Lite U-Nets: keep the stem and first N encoder blocks fixed (3: stride 2-4; "
-            "about 1.4x faster on the CPU)."
+            "about 1.3x faster per CPU iteration)."
         ),
     ] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.pt.")] = False,

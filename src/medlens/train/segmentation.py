@@ -89,7 +89,7 @@ class TrainConfig:
     freeze_encoder_epochs: int = 0
     #: EfficientNet-Lite U-Nets: keep the stem and the first N encoder blocks at their
     #: ImageNet (or --init) weights for the whole run; 3 freezes stride 2-4 and makes a CPU
-    #: iteration about 1.4x faster (no backward at the highest resolutions)
+    #: iteration about 1.3x faster (no backward at the highest resolutions)
     freeze_early_blocks: int = 0
     resume: bool = False
     device: str = "auto"
@@ -752,8 +752,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     network = plan.build_network(
         pretrained=config.pretrained and resume_state is None and not config.init
     ).to(device)
-    # 2D: channels-last makes the depthwise convolutions of the Lite encoders about 1.5x
-    # faster on the CPU (benchmarks/results/gpu_training.md) and suits cuDNN under AMP
+    # 2D: channels-last makes a Lite U-Net training iteration about 1.33x faster on the
+    # CPU (benchmarks/results/polyp_training_step.md) and suits cuDNN under AMP
     memory_format = (
         torch.channels_last
         if plan.dims == 2 and config.dp_epsilon is None
