@@ -24,16 +24,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from background import paused_background
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "kidney-stones"
@@ -170,29 +170,6 @@ def accuracy(model: str) -> dict:
         "images": len(samples),
         "boxes": sum(len(t) for t in truth),
     }
-
-
-@contextlib.contextmanager
-def paused_background(enabled: bool):
-    """SIGSTOP the background training jobs (``medlens_train_bg``) while timing; always resume."""
-    pids: list[int] = []
-    if enabled:
-        listing = subprocess.run(
-            ["pgrep", "-f", "medlens_train_bg"], capture_output=True, text=True
-        )
-        pids = [int(p) for p in listing.stdout.split() if int(p) != os.getpid()]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-    # a SIGTERM (e.g. from `timeout`) must still resume the paused jobs
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        yield pids
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
 
 
 def main() -> None:

@@ -21,31 +21,17 @@ smoke test.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from background import paused_background
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "kvasir-seg"
 RESULTS = REPO / "benchmarks" / "results" / "polyp_training_step.md"
-
-
-@contextlib.contextmanager
-def background_paused(pause: bool) -> Iterator[None]:
-    """SIGSTOP the tagged background trainings while timing; always SIGCONT them."""
-    if pause:
-        subprocess.run(["pkill", "-STOP", "-f", "medlens_train_bg"], check=False)
-    try:
-        yield
-    finally:
-        if pause:
-            subprocess.run(["pkill", "-CONT", "-f", "medlens_train_bg"], check=False)
 
 
 def main() -> None:
@@ -83,7 +69,7 @@ def main() -> None:
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     camera = camera_augment(plan)
 
-    def run_arm(channels_last: bool, frozen_blocks: int) -> dict[str, float]:
+    def run_arm(channels_last: bool, frozen_blocks: int) -> float:
         network = plan.build_network(pretrained=False)
         network.load_state_dict(copy.deepcopy(start_weights))
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -110,7 +96,7 @@ def main() -> None:
             loss.item()
             if step >= args.warmup:
                 seconds.append(time.perf_counter() - began)
-        return {"seconds": float(np.median(seconds)), "mean": float(np.mean(seconds))}
+        return float(np.median(seconds))
 
     arms = [
         ("row-major (before)", False, 0),
@@ -119,10 +105,10 @@ def main() -> None:
         ("channels-last, --freeze-early-blocks 3", True, 3),
     ]
     load_before = Path("/proc/loadavg").read_text().split()[0]
-    with background_paused(not args.no_pause):
+    with paused_background(not args.no_pause):
         time.sleep(0 if args.no_pause else 5)  # let the paused threads leave the cores
         results = [(name, run_arm(cl, frozen)) for name, cl, frozen in arms]
-    base = results[0][1]["seconds"]
+    base = results[0][1]
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
         "# Polyp training step on the CPU: memory format and frozen early blocks",
@@ -138,11 +124,8 @@ def main() -> None:
         "| arm | seconds per iteration | iterations per hour | speed-up |",
         "| --- | --- | --- | --- |",
     ]
-    for name, result in results:
-        lines.append(
-            f"| {name} | {result['seconds']:.3f} | {3600 / result['seconds']:.0f} | "
-            f"{base / result['seconds']:.2f}x |"
-        )
+    for name, seconds in results:
+        lines.append(f"| {name} | {seconds:.3f} | {3600 / seconds:.0f} | {base / seconds:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:

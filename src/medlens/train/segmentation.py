@@ -749,9 +749,6 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             + leaks.message("--group-similar keeps near-duplicate frames on one side of the split.")
         )
 
-    network = plan.build_network(
-        pretrained=config.pretrained and resume_state is None and not config.init
-    ).to(device)
     # 2D: channels-last makes a Lite U-Net training iteration about 1.33x faster on the
     # CPU (benchmarks/results/polyp_training_step.md) and suits cuDNN under AMP
     memory_format = (
@@ -759,7 +756,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         if plan.dims == 2 and config.dp_epsilon is None
         else torch.contiguous_format
     )
-    network = network.to(memory_format=memory_format)
+    network = plan.build_network(
+        pretrained=config.pretrained and resume_state is None and not config.init
+    ).to(device, memory_format=memory_format)
     if config.init and resume_state is None:
         copied, total = initialise_from(network, config.init)
         if is_main:
