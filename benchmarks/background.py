@@ -2,8 +2,8 @@
 
 A busy core slows torch up to 8x (OpenMP spin-wait), so benchmarks SIGSTOP the processes
 started with ``--tag medlens_train_bg`` and SIGCONT them afterwards, also when the benchmark
-is stopped with SIGTERM (e.g. by ``timeout``). Import it from a benchmark run as
-``python benchmarks/NAME.py`` (the script's folder is on ``sys.path``).
+is stopped with SIGTERM (e.g. by ``timeout``) or SIGHUP (its terminal closed). Import it from
+a benchmark run as ``python benchmarks/NAME.py`` (the script's folder is on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -31,12 +31,16 @@ def paused_background(enabled: bool) -> Iterator[list[int]]:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
-    # a SIGTERM (e.g. from `timeout`) must still resume the paused jobs
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # a SIGTERM (e.g. from `timeout`) or SIGHUP must still resume the paused jobs
+    previous = {
+        number: signal.signal(number, lambda number, _: sys.exit(128 + number))
+        for number in (signal.SIGTERM, signal.SIGHUP)
+    }
     try:
         yield pids
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)

@@ -32,12 +32,13 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from background import paused_background
 
 ROOT = Path(__file__).resolve().parents[1]
 PHI = ROOT.parent / "shared" / "data" / "dicom" / "phi"
@@ -184,23 +185,6 @@ def run_child(tool: str, source: Path, output: Path, key: Path) -> dict:
         check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-@contextlib.contextmanager
-def paused_background(enabled: bool):
-    pids: list[int] = []
-    if enabled:
-        found = subprocess.run(["pgrep", "-f", "medlens_train_bg"], capture_output=True, text=True)
-        pids = [int(p) for p in found.stdout.split() if int(p) != os.getpid()]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-    try:
-        yield pids
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
 
 
 def main() -> None:

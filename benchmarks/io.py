@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from background import paused_background
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -233,18 +233,7 @@ def measure(readers: list[str], path: Path, repeats: int) -> list[dict]:
     return rows
 
 
-# ----------------------------------------------------------------------------- background jobs
-def background_pids(pattern: str) -> list[int]:
-    result = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    return [int(pid) for pid in result.stdout.split() if int(pid) != os.getpid()]
-
-
-def signal_pids(pids: list[int], number: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, number)
-
-
+# ----------------------------------------------------------------------------- machine load
 def machine_load() -> tuple[float, list[str]]:
     """System CPU % over 2 s and the processes (other than us) using > 20 % of a core."""
     import psutil
@@ -361,14 +350,7 @@ def main() -> None:
     for file in [*dicom_folder.iterdir(), workdir / "ct.nii", workdir / "ct.nii.gz"]:
         file.read_bytes()  # warm the page cache for everyone
 
-    paused: list[int] = []
-    if args.pause_background:
-        # SIGTERM/SIGHUP become SystemExit so that `finally` resumes the paused jobs
-        for number in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(number, lambda *_: sys.exit(1))
-        paused = background_pids("medlens_train_bg")
-        signal_pids(paused, signal.SIGSTOP)
-    try:
+    with paused_background(args.pause_background) as paused:
         load, busy = machine_load()
         plan = [
             ("DICOM series", dicom_folder, ["medlens read_image", "SimpleITK ImageSeriesReader"]),
@@ -396,8 +378,6 @@ def main() -> None:
                     flush=True,
                 )
         load_after, busy_after = machine_load()
-    finally:
-        signal_pids(paused, signal.SIGCONT)
 
     idle = (
         f"CPU {load:.0f}% busy before and {load_after:.0f}% after the runs (2 s samples over "

@@ -1,19 +1,23 @@
-"""CPU cost of one polyp training iteration: memory format and frozen early encoder blocks.
+"""CPU cost of one polyp training iteration: precision, memory format, frozen early blocks.
 
 Most sessions have no GPU, so how many iterations two CPU hours buy decides how far the
 polyp recipe gets. This times the step of ``medlens train seg`` on real Kvasir-SEG frames
 (Lite0UNet from ImageNet, 256x256, batch 8, ``sample_batch`` + ``augment_batch`` + camera
-augmentation, Dice+CE, AdamW, clip, EMA update, ``loss.item()``), in four arms of one
+augmentation, Dice+CE, AdamW, clip, EMA update, ``loss.item()``), in six arms of one
 process with the same initial weights and batches:
 
-1. row-major tensors (PyTorch's default; the trainer before 2026-11-27);
-2. channels-last network and batches (what ``train seg`` now does for 2D plans);
-3. row-major with the stem and first 3 encoder blocks frozen (``--freeze-early-blocks 3``);
-4. channels-last with those blocks frozen.
+1. row-major tensors in bf16 autocast (the trainer before 2026-11-27: this CPU reports
+   AVX512-BF16, and the trainer took that to mean bf16 pays);
+2. row-major in float32;
+3. channels-last network and batches in float32;
+4. row-major float32 with the stem and first 3 encoder blocks frozen
+   (``--freeze-early-blocks 3``);
+5. channels-last, frozen, bf16 (the 110-minute CPU run of session 12);
+6. channels-last, frozen, float32 (what ``train seg`` now does for 2D Lite U-Nets).
 
 Background training (``medlens_train_bg``) is paused with SIGSTOP while timing.
 
-Run: ``python benchmarks/polyp_training_step.py`` (about 3 minutes on 2 cores; writes
+Run: ``python benchmarks/polyp_training_step.py`` (about 4 minutes on 2 cores; writes
 benchmarks/results/polyp_training_step.md). ``--frames 16 --iterations 2 --no-write`` is a
 smoke test.
 """
@@ -53,6 +57,7 @@ def main() -> None:
         read_case_image,
         read_case_label,
     )
+    from medlens.infer.segmentation import cpu_bf16_supported
     from medlens.models.segmentation import make_plan
     from medlens.train.averaging import moving_average
     from medlens.train.segmentation import augment_batch, camera_augment, load_cases, sample_batch
@@ -69,7 +74,7 @@ def main() -> None:
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     camera = camera_augment(plan)
 
-    def run_arm(channels_last: bool, frozen_blocks: int) -> float:
+    def run_arm(channels_last: bool, frozen_blocks: int, bf16: bool) -> float:
         network = plan.build_network(pretrained=False)
         network.load_state_dict(copy.deepcopy(start_weights))
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -88,7 +93,9 @@ def main() -> None:
             images, labels = augment_batch(images, labels, generator, plan.mirror_axes)
             images = camera(images, generator).contiguous(memory_format=memory_format)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_function(network(images).float(), labels)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = network(images)
+            loss = loss_function(logits.float(), labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
             optimizer.step()
@@ -99,24 +106,27 @@ def main() -> None:
         return float(np.median(seconds))
 
     arms = [
-        ("row-major (before)", False, 0),
-        ("channels-last (train seg now)", True, 0),
-        ("row-major, --freeze-early-blocks 3", False, 3),
-        ("channels-last, --freeze-early-blocks 3", True, 3),
+        ("row-major, bf16 (before)", False, 0, True),
+        ("row-major, fp32", False, 0, False),
+        ("channels-last, fp32", True, 0, False),
+        ("row-major, fp32, --freeze-early-blocks 3", False, 3, False),
+        ("channels-last, bf16, --freeze-early-blocks 3", True, 3, True),
+        ("channels-last, fp32, --freeze-early-blocks 3 (train seg now)", True, 3, False),
     ]
     load_before = Path("/proc/loadavg").read_text().split()[0]
     with paused_background(not args.no_pause):
         time.sleep(0 if args.no_pause else 5)  # let the paused threads leave the cores
-        results = [(name, run_arm(cl, frozen)) for name, cl, frozen in arms]
+        results = [(name, run_arm(cl, frozen, bf16)) for name, cl, frozen, bf16 in arms]
     base = results[0][1]
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
-        "# Polyp training step on the CPU: memory format and frozen early blocks",
+        "# Polyp training step on the CPU: precision, memory format and frozen early blocks",
         "",
         f"`python benchmarks/polyp_training_step.py` ({stamp})",
         "",
         f"- torch {torch.__version__}, {args.threads} threads; 1-minute load average before "
-        f"{load_before}; background training paused: {not args.no_pause}",
+        f"{load_before}; background training paused: {not args.no_pause}; "
+        f"CPU bf16 reported: {cpu_bf16_supported()}",
         f"- Lite0UNet from ImageNet, 256x256 RGB, batch 8, {len(loaded)} Kvasir-SEG frames; "
         "sample + augment + camera augment + forward + Dice/CE + backward + clip + AdamW + EMA",
         f"- {args.warmup} warm-up and {args.iterations} timed iterations per arm (median)",

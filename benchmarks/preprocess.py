@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,10 +28,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import contextlib
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from background import paused_background  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hippocampus"
@@ -363,11 +361,6 @@ def augmentation_throughput(
 
 
 # --------------------------------------------------------------------------- driver
-def background_pids() -> list[int]:
-    found = subprocess.run(["pgrep", "-f", "medlens_train_bg"], capture_output=True, text=True)
-    return [int(p) for p in found.stdout.split() if int(p) != os.getpid()]
-
-
 def cpu_seconds() -> tuple[float, float]:
     """(busy CPU seconds of the whole machine, CPU seconds of this process and children)."""
     fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
@@ -377,12 +370,6 @@ def cpu_seconds() -> tuple[float, float]:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     mine = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
     return (sum(fields) - idle) / ticks, mine
-
-
-def signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def main() -> None:
@@ -396,12 +383,10 @@ def main() -> None:
         return
     torch.set_num_threads(2)
     gpu = torch.cuda.is_available()
-    pids = background_pids()
-    signal_all(pids, signal.SIGSTOP)
-    load_before = os.getloadavg()
-    busy_before, mine_before = cpu_seconds()
-    wall_before = time.perf_counter()
-    try:
+    with paused_background(True) as pids:
+        load_before = os.getloadavg()
+        busy_before, mine_before = cpu_seconds()
+        wall_before = time.perf_counter()
         paths = sorted((DATA / "imagesTr").glob("*.nii.gz"))
         if args.quick:
             paths = paths[:40]
@@ -425,8 +410,6 @@ def main() -> None:
         aug3d = augmentation_throughput(3, 2, 128, seconds, augment_libraries)
         print("pipeline 2, augmentation 2D 256^2 batch 32", flush=True)
         aug2d = augmentation_throughput(2, 32, 256, seconds, augment_libraries)
-    finally:
-        signal_all(pids, signal.SIGCONT)
     load_after = os.getloadavg()
     busy_after, mine_after = cpu_seconds()
     wall = time.perf_counter() - wall_before

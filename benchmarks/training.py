@@ -55,7 +55,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -63,6 +62,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from background import paused_background
 
 if TYPE_CHECKING:
     import torch
@@ -77,11 +78,6 @@ LABELS = {0: "background", 1: "anterior", 2: "posterior"}
 
 
 # --------------------------------------------------------------------------- machine state
-def _background(sig: str) -> None:
-    """Send ``sig`` (STOP / CONT) to the background trainings tagged ``medlens_train_bg``."""
-    subprocess.run(["pkill", f"-{sig}", "-f", "medlens_train_bg"], check=False)
-
-
 def _reset_peak_rss() -> bool:
     """Reset this process's peak RSS (Linux ``clear_refs`` 5); False where not possible."""
     try:
@@ -604,10 +600,7 @@ def main() -> None:
     mirror_axes = [int(v) for v in args.mirror_axes.split(",") if v.strip()]
 
     load_before = os.getloadavg()[0]
-    if not args.no_pause:
-        _background("STOP")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    try:
+    with paused_background(not args.no_pause):
         if not args.no_pause:
             time.sleep(2)
         load_start = os.getloadavg()[0]
@@ -619,9 +612,6 @@ def main() -> None:
         del template
         ours = run_medlens(cases, plan, weights, device, amp, args)
         theirs = run_monai(cases, plan, weights, device, amp, args)
-    finally:
-        if not args.no_pause:
-            _background("CONT")
     context = {
         "command": "python benchmarks/training.py " + " ".join(sys.argv[1:]),
         "device": str(device),

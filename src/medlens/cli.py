@@ -419,7 +419,13 @@ def train_seg(
     ] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.pt.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    amp: Annotated[bool, typer.Option(help="Mixed precision (fp16 CUDA, bf16 CPU).")] = True,
+    amp: Annotated[
+        bool,
+        typer.Option(
+            help="Mixed precision where it pays: fp16 on CUDA, bf16 on a bf16-capable CPU "
+            "for 3D DynUNets only (2D Lite U-Nets train in float32 on the CPU)."
+        ),
+    ] = True,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     max_cases: Annotated[int | None, typer.Option(help="Use only the first N cases.")] = None,
     checkpoint_minutes: Annotated[float, typer.Option(help="Checkpoint interval.")] = 5.0,

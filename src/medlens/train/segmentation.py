@@ -6,7 +6,8 @@ a MONAI DynUNet with Dice + cross-entropy, AdamW, linear warm-up + cosine decay 
 torch augmentation. Validation Dice on whole held-out images (sliding window, as
 ``medlens predict`` does) every ``val_every`` iterations; the best model is written with its
 model card each time validation improves, and a resumable checkpoint every
-``checkpoint_minutes``. Mixed precision: float16 on CUDA, bfloat16 on CPUs that support it.
+``checkpoint_minutes``. Mixed precision: float16 on CUDA; bfloat16 on CPUs that support it,
+for 3D DynUNets only (2D Lite U-Nets are faster in float32 there).
 
 Multi-process (``torchrun --nproc_per_node N -m medlens train seg ...``): when ``WORLD_SIZE``
 is set each process trains on its shard of the training cases (``DistributedSampler``) with
@@ -43,10 +44,10 @@ from medlens.data.segmentation import (
 from medlens.errors import MedlensError
 from medlens.image import Image
 from medlens.infer.segmentation import (
-    cpu_bf16_supported,
     dice_per_class,
     keep_largest_component,
     sliding_window_logits,
+    uses_amp,
 )
 from medlens.io.atomic import atomic_output
 from medlens.models.segmentation import (
@@ -769,7 +770,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     from monai.losses import DiceCELoss
 
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    amp = config.amp and (device.type == "cuda" or cpu_bf16_supported())
+    # The predictor's rule: bf16 autocast on the CPU only for 3D DynUNets; it makes a 2D Lite
+    # U-Net's training step 1.5x slower (benchmarks/results/polyp_training_step.md).
+    amp = config.amp and uses_amp(device, plan)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
     start_step = 0
     best = {"mean_dice": -1.0}
