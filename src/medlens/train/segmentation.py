@@ -750,7 +750,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             + leaks.message("--group-similar keeps near-duplicate frames on one side of the split.")
         )
 
-    # 2D: channels-last makes a Lite U-Net training iteration about 1.33x faster on the
+    # 2D: channels-last makes a Lite U-Net training iteration about 1.4x faster on the
     # CPU (benchmarks/results/polyp_training_step.md) and suits cuDNN under AMP
     memory_format = (
         torch.channels_last
