@@ -423,7 +423,7 @@ def train_seg(
         bool,
         typer.Option(
             help="Mixed precision where it pays: fp16 on CUDA, bf16 on a bf16-capable CPU "
-            "for 3D DynUNets only (2D Lite U-Nets train in float32 on the CPU)."
+            "for DynUNets only (Lite U-Nets train in float32 on the CPU)."
         ),
     ] = True,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,

@@ -7,7 +7,7 @@ torch augmentation. Validation Dice on whole held-out images (sliding window, as
 ``medlens predict`` does) every ``val_every`` iterations; the best model is written with its
 model card each time validation improves, and a resumable checkpoint every
 ``checkpoint_minutes``. Mixed precision: float16 on CUDA; bfloat16 on CPUs that support it,
-for 3D DynUNets only (2D Lite U-Nets are faster in float32 there).
+for DynUNets only (the Lite U-Nets are faster in float32 there).
 
 Multi-process (``torchrun --nproc_per_node N -m medlens train seg ...``): when ``WORLD_SIZE``
 is set each process trains on its shard of the training cases (``DistributedSampler``) with
@@ -770,7 +770,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     from monai.losses import DiceCELoss
 
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    # The predictor's rule: bf16 autocast on the CPU only for 3D DynUNets; it makes a 2D Lite
+    # The predictor's rule: bf16 autocast on the CPU only for DynUNets; it makes a 2D Lite
     # U-Net's training step 1.5x slower (benchmarks/results/polyp_training_step.md).
     amp = config.amp and uses_amp(device, plan)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
