@@ -19,6 +19,7 @@ from medlens.compress.onnx import (
     inference_engine,
 )
 from medlens.errors import MedlensError
+from medlens.infer.segmentation import dice_per_class
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,8 +174,8 @@ def test_shipped_polyp_model_runs_its_verified_int8_graph_by_default_on_the_cpu(
         masks[engine] = {p.name: cv2.imread(str(p), 0) > 0 for p in sorted(out.glob("*.png"))}
     assert masks["auto"].keys() == masks["onnx"].keys() and masks["auto"]
 
-    def dice(a: np.ndarray, b: np.ndarray) -> float:
-        return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+    def dice(mask: np.ndarray, other: np.ndarray) -> float:
+        return dice_per_class(mask, other, [True])[0]
 
     int8_scores = []
     for name, int8 in masks["auto"].items():

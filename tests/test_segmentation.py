@@ -26,6 +26,7 @@ from medlens.data.segmentation import (
     find_cases,
     read_case_label,
 )
+from medlens.infer.segmentation import dice_per_class
 from medlens.io import read_image
 from medlens.models.segmentation import SegmentationPlan, make_plan
 from medlens.models.zoo import load_model
@@ -341,8 +342,8 @@ def test_shipped_polyp_model_segments_another_cameras_frame_size_alike(
     at this size, with the 256x256 model of the time)."""
     import cv2
 
-    def dice(a: np.ndarray, b: np.ndarray) -> float:
-        return 2 * (a & b).sum() / (a.sum() + b.sum())
+    def dice(mask: np.ndarray, other: np.ndarray) -> float:
+        return dice_per_class(mask, other, [True])[0]
 
     frames = sorted((examples / "kvasir" / "images").glob("*.jpg"))
     for folder in ("as_is", "pal"):

@@ -44,6 +44,7 @@ from medlens.data.segmentation import (
 from medlens.errors import MedlensError
 from medlens.image import Image
 from medlens.infer.segmentation import (
+    _autocast,
     dice_per_class,
     keep_largest_component,
     sliding_window_logits,
@@ -1044,8 +1045,6 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 images = frame_augment(images, torch_generator)
             images = images.contiguous(memory_format=memory_format)
             optimizer.zero_grad(set_to_none=True)
-            from medlens.infer.segmentation import _autocast
-
             with _autocast(device, amp):
                 logits = training_network(images)
             loss = loss_function(logits.float(), labels)
