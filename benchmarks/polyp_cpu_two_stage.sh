@@ -4,7 +4,8 @@
 # (the shape of the shipped model's GPU run + CPU fine-tune). Run it alone on the machine:
 #   setsid nohup bash benchmarks/polyp_cpu_two_stage.sh [DATA] [OUT_PREFIX] [STAGE2_MINUTES] [FOLD] \
 #     > runs/two_stage.log 2>&1 &
-# STAGE2_MINUTES 35 peaked at 10 minutes and ended at 0.891; 12 ended at 0.899 (section 6).
+# STAGE2_MINUTES 35 peaked at 10 minutes and ended at 0.891; 12 ended at 0.899 (section 6,
+# run by hand with --val-every 200; this script validates stage 2 every 300 iterations).
 # FOLD (0-4) validates on that cross-validation fold plus the card's bundled demo frames, to
 # check the recipe on other splits; left out, it uses the shipped card's hold-out split.
 set -euo pipefail
