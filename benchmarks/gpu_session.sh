@@ -12,6 +12,8 @@
 #                                           # Lite0UNet + camera augmentation
 #   bash benchmarks/gpu_session.sh polyp-size  # polyp from ImageNet at 320x320 (card split)
 #                                           # and 256 vs 320 on fold 1; torchrun on CUDA
+#   bash benchmarks/gpu_session.sh polyp-stage2  # eight 320x320 stage-2 fine-tunes of the
+#                                           # CPU polyp recipe side by side (see the mode)
 #
 # Expects the data under ../shared/data (or work_data/, linked there) and writes what comes
 # back under $OUT (default runs/gpu). Training runs stop by their --minutes budget; the new
@@ -25,12 +27,15 @@
 # work_data/hippocampus and .whl; to stay under the 64 MiB transfer, the polyp and kidney-stones
 # weights and models/hippocampus/resume.pt were left out of the index for the call
 # (`git rm --cached` plus .git/info/exclude, undone right after).
+# `polyp-stage2` on the H200 (2026-11-27) took 8 minutes of wall time (72 s of it CUDA tests,
+# which the mode now skips); it carried work_data/kvasir-seg, work_data/polyp-inits (fp16
+# copies of the three inits) and .whl with monai, pydicom, highdicom, nibabel and isal (58 MiB).
 #
 # The lent machine's image has torch but not SimpleITK. Its 50 MB wheel does not fit the
 # transfer beside the data, and no path run here calls it, so a stub that raises on any use
 # stands in for it where SimpleITK is missing.
 set -uo pipefail
-MODE=${1:?seg, hippo, detect, polyp-lite or polyp-size}
+MODE=${1:?seg, hippo, detect, polyp-lite, polyp-size or polyp-stage2}
 OUT=${OUT:-runs/gpu}
 MINUTES=${MINUTES:-6}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu MINUTES=0.3 SKIP_WHEELS=1 FORCE_SITK_STUB=1: a local dry run
@@ -63,6 +68,8 @@ python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', mona
 CUDA_TESTS="python3 -m pytest -q tests -m cuda -p no:cacheprovider --continue-on-collection-errors"
 if [ "$MODE" = polyp-size ]; then
   :  # runs its own CUDA tests beside the training runs
+elif [ "$MODE" = polyp-stage2 ]; then
+  :  # carries the Kvasir frames only; the CUDA tests need the hippocampus cases too
 elif [ "${SKIP_BENCH:-0}" != 1 ] && { [ "$MODE" = hippo ] || [ "$MODE" = polyp-lite ]; }; then
   $CUDA_TESTS > runs/cuda-tests.log 2>&1 &  # beside the training runs
   TESTS_PID=$!
@@ -198,6 +205,37 @@ elif [ "$MODE" = polyp-size ]; then
   tar -czf "$OUT/size-logs.tar.gz" runs/gpu-size-*/last/model.json runs/gpu-size-*/log.csv \
     runs/gpu-size-*/split.json runs/gpu-size-*/training.png runs/gpu-size-*.log \
     runs/gpu-util.log runs/cuda-tests.log 2>/dev/null
+elif [ "$MODE" = polyp-stage2 ]; then
+  # Stage 2 of the CPU polyp recipe (polyp_cpu_training.md section 6: 320x320, lr 3e-4, EMA
+  # 0.998 from a 256x256 stage 1) replayed at the CPU's iteration counts, to learn which
+  # stage-2 settings to spend CPU time on. Inits (fp16 copies, to fit the transfer) under
+  # work_data/polyp-inits: card = CPU stage 1 on the card's split (runs/ts-s1/model), fold1 =
+  # CPU stage 1 on fold 1 (runs/ts-f1-s1/model), gpu7 = the 7-minute H200 model that the
+  # shipped polyp model was fine-tuned from (git 73f92ba). Arm = split:init:iterations:freeze.
+  INITS=${INITS:-work_data/polyp-inits}
+  pids=()
+  arms=${ARMS:-"card-A:card:684:3 card-B:card:1161:0 card-C:card:2300:0 card-D:card:1161:3
+    card-E:gpu7:1161:0 fold1-A:fold1:684:3 fold1-B:fold1:1161:0 fold1-C:fold1:2300:0"}
+  for spec in $arms; do
+    IFS=: read -r arm init iterations freeze <<< "$spec"
+    extra=""
+    [ "$freeze" != 0 ] && extra="--freeze-early-blocks $freeze"
+    [[ $arm == fold1-* ]] && extra+=" --fold 1"
+    python3 -m medlens train seg ../shared/data/kvasir-seg --out runs/gpu-s2-$arm \
+      --iterations "$iterations" --minutes 30 --lr 3e-4 --warmup 50 --batch-size 8 \
+      --frame-size 320x320 --val-every 150 --val-cases $VAL --init "$INITS/$init" \
+      --labels 1=polyp --network Lite0UNet --mirror-axes 0,1 --ema-decay 0.998 \
+      --camera-augment --threads 2 --device $DEVICE --checkpoint-minutes 60 $extra \
+      > runs/gpu-s2-$arm.log 2>&1 &
+    pids+=($!)
+  done
+  wait_for_runs runs/gpu-util.log
+  for spec in $arms; do
+    arm=${spec%%:*}
+    echo "$arm: $(grep -E "^iteration" runs/gpu-s2-$arm.log | tail -1)"
+  done
+  tar -czf "$OUT/stage2-logs.tar.gz" runs/gpu-s2-*/log.csv runs/gpu-s2-*/split.json \
+    runs/gpu-s2-*/last/model.json runs/gpu-s2-*.log runs/gpu-util.log 2>/dev/null
 elif [ "$MODE" = detect ]; then
   python3 benchmarks/detection.py --devices $DEVICE --images "${DET_IMAGES:-512}" --out "$OUT/detection-gpu.md" 2>&1 | tail -8
   # two recipes from the shipped model side by side: crops as on the CPU, and whole slices
