@@ -211,7 +211,9 @@ elif [ "$MODE" = polyp-stage2 ]; then
   # stage-2 settings to spend CPU time on. Inits (fp16 copies, to fit the transfer) under
   # work_data/polyp-inits: card = CPU stage 1 on the card's split (runs/ts-s1/model), fold1 =
   # CPU stage 1 on fold 1 (runs/ts-f1-s1/model), gpu7 = the 7-minute H200 model that the
-  # shipped polyp model was fine-tuned from (git 73f92ba). Arm = split:init:iterations:freeze.
+  # shipped polyp model was fine-tuned from (git 73f92ba); each a model folder whose float
+  # tensors were cast to fp16 with safetensors. Arm = name:init:iterations:frozen blocks;
+  # names starting fold1- validate on fold 1, the others on the card's split.
   INITS=${INITS:-work_data/polyp-inits}
   pids=()
   arms=${ARMS:-"card-A:card:684:3 card-B:card:1161:0 card-C:card:2300:0 card-D:card:1161:3
