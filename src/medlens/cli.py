@@ -266,8 +266,11 @@ def train_detect(
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
     input_size: Annotated[int, typer.Option(help="Long side of the network input, px.")] = 384,
     crop_size: Annotated[int, typer.Option(help="Square training crop, px.")] = 256,
+    encoder: Annotated[
+        str, typer.Option(help="Encoder: EfficientNet-lite0, lite1 or lite2 (larger, slower).")
+    ] = "lite0",
     pretrained: Annotated[
-        bool, typer.Option(help="Start the encoder from ImageNet EfficientNet-Lite0 weights.")
+        bool, typer.Option(help="Start the encoder from its ImageNet EfficientNet-Lite weights.")
     ] = True,
     init: Annotated[
         Path | None, typer.Option(help="Start from a shipped detection model (name or folder).")
@@ -306,7 +309,7 @@ def train_detect(
         str, typer.Option(help="Free text shown in the process list (e.g. medlens_train_bg).")
     ] = "",
 ) -> None:
-    """Train the CenterNet detector (EfficientNet-Lite0 encoder, stride-4 head) with AP each epoch.
+    """Train the CenterNet detector (EfficientNet-Lite encoder, stride-4 head) with AP each epoch.
 
     Example: ``medlens train detect ../shared/data/kidney-stones --out runs/stones
     --names 0=stone``. Writes RUN/checkpoint.pt, RUN/metrics.csv/.png and the best model.
@@ -314,6 +317,12 @@ def train_detect(
     params = dict(locals())  # the parsed options, recorded as the exact command in the card
     from medlens.detect.train import DetectTrainConfig, command_line, train_detector
 
+    encoders = {"lite0": 0, "lite1": 1, "lite2": 2}
+    if encoder not in encoders:
+        raise MedlensError(
+            f"--encoder {encoder!r} is not one of {', '.join(encoders)}",
+            hint="lite0 is the shipped detector's encoder",
+        )
     config = DetectTrainConfig(
         data=data,
         out=out,
@@ -325,6 +334,7 @@ def train_detect(
         lr=lr,
         input_size=input_size,
         crop_size=crop_size,
+        encoder_variant=encoders[encoder],
         pretrained=pretrained,
         init=init,
         resume=resume,

