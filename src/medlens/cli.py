@@ -315,9 +315,10 @@ def train_detect(
     --names 0=stone``. Writes RUN/checkpoint.pt, RUN/metrics.csv/.png and the best model.
     """
     params = dict(locals())  # the parsed options, recorded as the exact command in the card
+    from medlens.detect.model import LITE_SCALING
     from medlens.detect.train import DetectTrainConfig, command_line, train_detector
 
-    encoders = {"lite0": 0, "lite1": 1, "lite2": 2}
+    encoders = {f"lite{variant}": variant for variant in LITE_SCALING}
     if encoder not in encoders:
         raise MedlensError(
             f"--encoder {encoder!r} is not one of {', '.join(encoders)}",
