@@ -298,6 +298,32 @@ def test_k_fold_split_and_transfer_learning(
     assert len(split["val"]) == 1 and len(split["train"]) == 3 and split["fold"] == 1
 
 
+def test_split_file_fixes_the_cases_and_names_what_is_wrong(
+    hippocampus_run: Path, examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--split reuses another run's (or a model card's) split; --seed then varies the training."""
+    card = hippocampus_run / "model" / "model.json"
+    code = train(
+        examples / "hippocampus", tmp_path / "again", "--iterations", "1", "--batch-size", "2",
+        "--split", str(card), "--seed", "7",
+    )  # fmt: skip
+    assert code == 0
+    first = json.loads((hippocampus_run / "split.json").read_text())
+    again = json.loads((tmp_path / "again" / "split.json").read_text())
+    assert (again["train"], again["val"]) == (first["train"], first["val"])
+    assert again["seed"] == 7
+
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"train": ["hippocampus_001"], "val": ["case_999"]}))
+    capsys.readouterr()
+    code = train(examples / "hippocampus", tmp_path / "bad", "--split", str(foreign))
+    error = capsys.readouterr().err
+    assert code == 2 and "case_999" in error and "foreign.json" in error
+    assert not (tmp_path / "bad").exists()
+    code = train(examples / "hippocampus", tmp_path / "bad", "--split", str(card), "--fold", "1")
+    assert code == 2 and "--fold" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- predict
 def test_predict_nifti_folder_writes_labels_on_the_source_grid(
     hippocampus_run: Path, examples: Path, tmp_path: Path

@@ -411,6 +411,13 @@ def train_seg(
     fold: Annotated[int | None, typer.Option(help="Cross-validation fold (0-based).")] = None,
     folds: Annotated[int, typer.Option(help="Number of cross-validation folds.")] = 5,
     seed: Annotated[int, typer.Option(help="Split and sampling seed.")] = 0,
+    split: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fixed split: a run's split.json or a model.json (train/val case ids); "
+            "--seed then varies only the training."
+        ),
+    ] = None,
     model_out: Annotated[
         Path | None,
         typer.Option(help="Model folder written at each validation improvement (else RUN/model)."),
@@ -525,6 +532,7 @@ def train_seg(
         fold=fold,
         folds=folds,
         seed=seed,
+        split_file=split,
         model_out=model_out,
         init=init,
         freeze_encoder_epochs=freeze_encoder_epochs,

@@ -118,9 +118,57 @@ class TrainConfig:
     #: torchrun: "auto" (NCCL on CUDA, gloo on the CPU), "nccl" or "gloo"; gloo on CUDA lets
     #: several processes share one GPU (NCCL needs one GPU per process)
     dist_backend: str = "auto"
+    #: a fixed split (JSON with "train" and "val" case ids: a run's split.json or a model's
+    #: model.json), as nnU-Net's splits_final.json; ``seed`` then only draws patches and order
+    split_file: Path | None = None
 
 
 # --------------------------------------------------------------------------- split
+def read_split_file(path: Path, case_ids: list[str]) -> tuple[list[str], list[str]]:
+    """Train/validation ids fixed by ``path``: a run's split.json or a model card.
+
+    A model card (model.json) holds the split under ``training.split``. Every id must be a case
+    of the data, and no case may be on both sides.
+
+    >>> import json, tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "split.json"
+    >>> _ = path.write_text(json.dumps({"train": ["a", "b"], "val": ["c"]}))
+    >>> read_split_file(path, ["a", "b", "c", "d"])
+    (['a', 'b'], ['c'])
+    """
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise MedlensError(f"cannot read the split: {error}", path=path) from None
+    if isinstance(content, dict) and "train" not in content:
+        content = (content.get("training") or {}).get("split")
+    if not (
+        isinstance(content, dict)
+        and all(isinstance(content.get(side), list) for side in ("train", "val"))
+    ):
+        raise MedlensError(
+            "no split in this file",
+            path=path,
+            hint='give a JSON with "train" and "val" lists of case ids (a run\'s split.json) '
+            "or a model.json",
+        )
+    train, val = sorted(map(str, content["train"])), sorted(map(str, content["val"]))
+    unknown = sorted(set(train + val) - set(case_ids))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise MedlensError(
+            f"{len(unknown)} case ids of the split are not in the data: {shown}",
+            path=path,
+            hint="train on the data the split was made for",
+        )
+    both = sorted(set(train) & set(val))
+    if both:
+        raise MedlensError(f"cases on both sides of the split: {', '.join(both[:5])}", path=path)
+    if not train or not val:
+        raise MedlensError("the split needs training and validation cases", path=path)
+    return train, val
+
+
 def make_split(
     case_ids: list[str],
     *,
@@ -603,6 +651,13 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             raise MedlensError("--device cuda but no CUDA device is available")
     if config.dist_backend not in ("auto", "nccl", "gloo"):
         raise MedlensError(f"--dist-backend {config.dist_backend}: use auto, nccl or gloo")
+    if config.split_file is not None and (
+        config.fold is not None or config.val_cases or config.group_similar
+    ):
+        raise MedlensError(
+            "--split fixes the training and validation cases",
+            hint="leave out --fold, --val-cases and --group-similar, or leave out --split",
+        )
     if distributed:
         import torch.distributed as dist
 
@@ -693,15 +748,18 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             frame_size=config.frame_size,
         )
         fingerprint_dict = fingerprint.to_dict()
-        train_ids, val_ids = make_split(
-            [c.case_id for c in cases],
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-            forced_val=list(config.val_cases),
-            fold=config.fold,
-            folds=config.folds,
-            groups=groups,
-        )
+        if config.split_file is not None:
+            train_ids, val_ids = read_split_file(config.split_file, [c.case_id for c in cases])
+        else:
+            train_ids, val_ids = make_split(
+                [c.case_id for c in cases],
+                val_fraction=config.val_fraction,
+                seed=config.seed,
+                forced_val=list(config.val_cases),
+                fold=config.fold,
+                folds=config.folds,
+                groups=groups,
+            )
         if groups is not None and is_main:
             val_groups = len({groups[c] for c in val_ids})
             print(
