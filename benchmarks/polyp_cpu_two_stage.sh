@@ -8,8 +8,9 @@
 # run by hand with --val-every 200; this script validates stage 2 every 300 iterations).
 # FOLD (0-4) validates on that cross-validation fold plus the card's bundled demo frames, to
 # check the recipe on other splits; left out, it uses the shipped card's hold-out split.
-# STAGE1_MINUTES (environment, default 75) sets stage 1's budget; 95 gives stage 1 about the
-# frames (65k) of the 7-minute H200 stage 1 that the shipped model started from (section 10).
+# STAGE1_MINUTES (environment, default 75) sets stage 1's budget. On the Xeon of section 6, 95
+# would give stage 1 the frames (about 64k) of the H200 stage 1 that the shipped model started
+# from; on the slower AMD CPU of section 10 it gave 47k and the recipe ended at 0.885.
 set -euo pipefail
 DATA=${1:-../shared/data/kvasir-seg}
 OUT=${2:-runs/ts}
