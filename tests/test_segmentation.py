@@ -30,7 +30,7 @@ from medlens.infer.segmentation import dice_per_class
 from medlens.io import read_image
 from medlens.models.segmentation import SegmentationPlan, make_plan
 from medlens.models.zoo import load_model
-from medlens.train.segmentation import LoadedCase, validate
+from medlens.train.segmentation import LoadedCase, make_split, validate
 
 
 def fingerprint_of(folder: Path) -> Fingerprint:
@@ -312,6 +312,11 @@ def test_split_file_fixes_the_cases_and_names_what_is_wrong(
     again = json.loads((tmp_path / "again" / "split.json").read_text())
     assert (again["train"], again["val"]) == (first["train"], first["val"])
     assert again["seed"] == 7
+    drawn = make_split(
+        sorted(first["train"] + first["val"]), val_fraction=0.2, seed=7, forced_val=[],
+        fold=None, folds=5,
+    )  # fmt: skip
+    assert drawn != (first["train"], first["val"])  # seed 7 alone would draw other cases
 
     foreign = tmp_path / "foreign.json"
     foreign.write_text(json.dumps({"train": ["hippocampus_001"], "val": ["case_999"]}))
