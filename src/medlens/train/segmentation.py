@@ -658,6 +658,10 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             "--split fixes the training and validation cases",
             hint="leave out --fold, --val-cases and --group-similar, or leave out --split",
         )
+    if config.split_file is not None and not Path(config.split_file).is_file():
+        raise MedlensError(
+            "no such split file", path=config.split_file, hint="give a split.json or model.json"
+        )
     if distributed:
         import torch.distributed as dist
 
