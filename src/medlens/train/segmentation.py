@@ -658,10 +658,6 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             "--split fixes the training and validation cases",
             hint="leave out --fold, --val-cases and --group-similar, or leave out --split",
         )
-    if config.split_file is not None and not Path(config.split_file).is_file():
-        raise MedlensError(
-            "no such split file", path=config.split_file, hint="give a split.json or model.json"
-        )
     if distributed:
         import torch.distributed as dist
 
@@ -693,6 +689,12 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             forced + others[: max(0, config.max_cases - len(forced))], key=lambda c: c.case_id
         )
     by_id = {c.case_id: c for c in cases}
+    # read before any image is: a missing or foreign split file fails at once
+    fixed_split = (
+        read_split_file(config.split_file, list(by_id))
+        if config.split_file is not None and not config.resume
+        else None
+    )
 
     resume_state: dict[str, Any] | None = None
     if config.resume:
@@ -752,8 +754,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             frame_size=config.frame_size,
         )
         fingerprint_dict = fingerprint.to_dict()
-        if config.split_file is not None:
-            train_ids, val_ids = read_split_file(config.split_file, [c.case_id for c in cases])
+        if fixed_split is not None:
+            train_ids, val_ids = fixed_split
         else:
             train_ids, val_ids = make_split(
                 [c.case_id for c in cases],
