@@ -11,6 +11,7 @@
 # STAGE1_MINUTES (environment, default 75) sets stage 1's budget. On the Xeon of section 6, 95
 # would give stage 1 the frames (about 64k) of the H200 stage 1 that the shipped model started
 # from; on the slower AMD CPU of section 10 it gave 47k and the recipe ended at 0.885.
+# EXTRA_ARGS (environment) adds options to both stages, e.g. EXTRA_ARGS="--loss structure".
 set -euo pipefail
 DATA=${1:-../shared/data/kvasir-seg}
 OUT=${2:-runs/ts}
@@ -22,6 +23,8 @@ COMMON=(--iterations 200000 --batch-size 8 --val-cases "$VAL" --freeze-early-blo
   --threads 2 --checkpoint-minutes 15 --labels 1=polyp --network Lite0UNet --mirror-axes 0,1
   --camera-augment --tag medlens_train_bg)
 if [[ -n "$FOLD" ]]; then COMMON+=(--fold "$FOLD"); fi
+# shellcheck disable=SC2206  # word splitting is wanted: EXTRA_ARGS holds several options
+COMMON+=(${EXTRA_ARGS:-})
 date -u +"stage 1 start %FT%TZ"
 python3 -m medlens train seg "$DATA" --out "$OUT-s1" --minutes "${STAGE1_MINUTES:-75}" --lr 0.001 --frame-size 256x256 \
   --val-every 500 --ema-decay 0.999 "${COMMON[@]}"

@@ -543,6 +543,24 @@ def test_camera_augment_is_opt_in_and_named_in_the_model_card(
     assert "camera_augment: white balance" in card["training"]["augmentation"]
 
 
+def test_structure_loss_trains_and_is_named_in_the_card_and_an_unknown_loss_is_refused(
+    polyp_run: Path, examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    default = json.loads((polyp_run / "model" / "model.json").read_text())
+    assert default["training"]["loss"].startswith("Dice + cross-entropy")
+    code = train(
+        examples / "kvasir", tmp_path / "structure", "--iterations", "2", "--batch-size", "2",
+        "--labels", "1=polyp", "--loss", "structure",
+    )  # fmt: skip
+    assert code == 0
+    card = json.loads((tmp_path / "structure" / "model" / "model.json").read_text())
+    assert card["training"]["loss"].startswith("structure loss")
+    code = train(examples / "kvasir", tmp_path / "focal", "--iterations", "2", "--loss", "focal")
+    assert code != 0
+    assert "--loss focal: use dice-ce or structure" in capsys.readouterr().err
+    assert not (tmp_path / "focal").exists()
+
+
 def test_camera_augment_changes_colour_and_focus_of_rgb_frames_only(examples: Path) -> None:
     from medlens.train.segmentation import camera_augment
 

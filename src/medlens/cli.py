@@ -498,6 +498,13 @@ def train_seg(
             "side of the split."
         ),
     ] = False,
+    loss: Annotated[
+        str,
+        typer.Option(
+            help="dice-ce (MONAI DiceCELoss, batch Dice) or structure (PraNet: boundary-weighted "
+            "cross-entropy + per-image weighted IoU)."
+        ),
+    ] = "dice-ce",
     dist_backend: Annotated[
         str,
         typer.Option(
@@ -556,6 +563,7 @@ def train_seg(
         camera_augment=camera_augment,
         group_similar=group_similar,
         dist_backend=dist_backend,
+        loss=loss,
     )
     best = train_segmentation(config)
     import os

@@ -58,6 +58,7 @@ from medlens.models.segmentation import (
     make_plan,
 )
 from medlens.models.zoo import LITE_UNETS
+from medlens.train.losses import LOSS_DESCRIPTIONS, segmentation_loss
 from medlens.train.schedules import warmup_cosine
 
 
@@ -121,6 +122,9 @@ class TrainConfig:
     #: a fixed split (JSON with "train" and "val" case ids: a run's split.json or a model's
     #: model.json), as nnU-Net's splits_final.json; ``seed`` then only draws patches and order
     split_file: Path | None = None
+    #: "dice-ce" (MONAI DiceCELoss with batch Dice, nnU-Net's) or "structure" (PraNet's
+    #: boundary-weighted cross-entropy + per-image weighted IoU, common for polyps)
+    loss: str = "dice-ce"
 
 
 # --------------------------------------------------------------------------- split
@@ -651,6 +655,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             raise MedlensError("--device cuda but no CUDA device is available")
     if config.dist_backend not in ("auto", "nccl", "gloo"):
         raise MedlensError(f"--dist-backend {config.dist_backend}: use auto, nccl or gloo")
+    if config.loss not in LOSS_DESCRIPTIONS:
+        raise MedlensError(f"--loss {config.loss}: use {' or '.join(LOSS_DESCRIPTIONS)}")
     if config.split_file is not None and (
         config.fold is not None or config.val_cases or config.group_similar
     ):
@@ -832,9 +838,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    from monai.losses import DiceCELoss
-
-    loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    loss_function = segmentation_loss(config.loss)
     # The predictor's rule: bf16 autocast on the CPU only for DynUNets; it makes a 2D Lite
     # U-Net's training step 1.5x slower (benchmarks/results/polyp_training_step.md).
     amp = config.amp and uses_amp(device, plan)
@@ -1010,7 +1014,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 "batch_size": plan.batch_size,
                 "optimizer": f"AdamW lr {config.learning_rate} wd {config.weight_decay}, "
                 f"warm-up {config.warmup} + cosine",
-                "loss": "Dice + cross-entropy (MONAI DiceCELoss, batch Dice)",
+                "loss": LOSS_DESCRIPTIONS[config.loss],
                 "precision": "bf16 autocast"
                 if amp and device.type == "cpu"
                 else ("fp16 AMP" if amp else "fp32"),
