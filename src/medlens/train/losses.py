@@ -16,7 +16,7 @@ LOSS_DESCRIPTIONS = {
 class StructureLoss(torch.nn.Module):
     """Boundary-weighted cross-entropy plus a per-image weighted soft IoU (PraNet's loss).
 
-    PraNet (Fan et al., MICCAI 2020) and most polyp segmenters since train with it: pixels whose
+    PraNet (Fan et al., MICCAI 2020) and many polyp segmenters since train with it: pixels whose
     neighbourhood mixes classes (the lesion boundary) weigh up to ``1 + boundary_weight``, and
     the IoU term is computed per image and class, so a small lesion counts as much as a large
     one, as in a per-image mean Dice. This version takes softmax logits of any number of
