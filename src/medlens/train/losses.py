@@ -58,15 +58,14 @@ class StructureLoss(torch.nn.Module):
             dim=1, keepdim=True
         )
         spatial = tuple(range(2, logits.ndim))
-        cross_entropy = F.cross_entropy(logits, classes, reduction="none")
-        pixels = tuple(range(1, logits.ndim - 1))  # spatial axes of the (N, *spatial) maps
-        weighted_ce = (weight[:, 0] * cross_entropy).sum(pixels) / weight[:, 0].sum(pixels)
+        cross_entropy = F.cross_entropy(logits, classes, reduction="none").unsqueeze(1)
+        weighted_ce = (weight * cross_entropy).sum(spatial) / weight.sum(spatial)  # (N, 1)
         probabilities = logits.softmax(dim=1)[:, 1:]
         intersection = (probabilities * foreground * weight).sum(spatial)
         union = ((probabilities + foreground) * weight).sum(spatial)
         # +1 smoothing: an image without the class scores 0 when nothing is predicted
         weighted_iou = 1 - (intersection + 1) / (union - intersection + 1)
-        return (weighted_ce + weighted_iou.mean(dim=1)).mean()
+        return (weighted_ce[:, 0] + weighted_iou.mean(dim=1)).mean()
 
 
 def segmentation_loss(name: str) -> torch.nn.Module:
