@@ -593,6 +593,27 @@ def test_lite1_encoder_network_trains_and_loads_from_its_card(
     assert card.training["init"] == "random"
 
 
+def test_plans_fit_the_20_mb_limit_or_are_refused_before_anything_is_written(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medlens.models.zoo import MAX_WEIGHTS_BYTES, weights_bytes
+
+    frames = fingerprint_of(examples / "kvasir")
+    lite0 = make_plan(frames, network="Lite0UNet")
+    lite2 = make_plan(frames, network="Lite2UNet")
+    assert lite0.filters == [128, 64, 32, 16]
+    # Lite2 with Lite0's decoder is 20.2 MB; the planner narrows its stride-16 stage to ship
+    assert lite2.filters == [112, 64, 32, 16]
+    assert weights_bytes(lite2.build_network()) <= MAX_WEIGHTS_BYTES
+    # a DynUNet asked for 256 base filters would fail at its first save: refused up front
+    code = train(
+        examples / "hippocampus", tmp_path / "wide", "--iterations", "1", "--filters", "256"
+    )
+    assert code != 0
+    assert "MB of weights, over the 20 MB limit for shipped models" in capsys.readouterr().err
+    assert not (tmp_path / "wide").exists()
+
+
 def test_freeze_early_blocks_keeps_the_imagenet_stem_and_trains_the_rest(
     examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

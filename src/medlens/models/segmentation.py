@@ -32,8 +32,8 @@ import torch
 
 from medlens.errors import MedlensError
 from medlens.image import Image
-from medlens.models.lite_unet import IMAGENET_MEAN_255, IMAGENET_STD_255
-from medlens.models.zoo import LITE_UNETS
+from medlens.models.lite_unet import IMAGENET_MEAN_255, IMAGENET_STD_255, LiteUNet
+from medlens.models.zoo import LITE_UNETS, MAX_WEIGHTS_BYTES, weights_bytes
 
 
 @dataclasses.dataclass
@@ -240,7 +240,7 @@ def make_plan(
             raise MedlensError(f"the {network} network is 2D only", hint="use --network DynUNet")
         total = 32
         patch_size = [int(math.ceil(p / total) * total) for p in patch_size]
-        filters = [128, 64, 32, 16]
+        filters = lite_decoder_filters(network, in_channels=channels, num_classes=max(labels) + 1)
         if channels == 3:
             normalisation = {"scheme": "rgb", "mean": IMAGENET_MEAN_255, "std": IMAGENET_STD_255}
     elif network != "DynUNet":
@@ -272,6 +272,24 @@ def make_plan(
         ]
         plan.patch_size = [min(p, f) for p, f in zip(patch_size, plan.frame_size, strict=True)]
     return plan
+
+
+def lite_decoder_filters(network: str, *, in_channels: int, num_classes: int) -> list[int]:
+    """Decoder widths of a :class:`LiteUNet`: (128, 64, 32, 16), narrowed at stride 16 (to 112,
+    then 96) when the weights would not fit the 20 MB limit for shipped models, so a run
+    does not fail at its first save (Lite2 at 128 is 20.2 MB).
+
+    >>> lite_decoder_filters("Lite0UNet", in_channels=3, num_classes=2)
+    [128, 64, 32, 16]
+    >>> lite_decoder_filters("Lite2UNet", in_channels=3, num_classes=2)
+    [112, 64, 32, 16]
+    """
+    for first in (128, 112, 96):
+        filters = [first, 64, 32, 16]
+        net = LiteUNet(in_channels, num_classes, filters, variant=LITE_UNETS[network])
+        if weights_bytes(net) <= MAX_WEIGHTS_BYTES * 0.99:  # headroom for the safetensors header
+            return filters
+    return filters
 
 
 def _lite0_weights_available() -> bool:

@@ -108,6 +108,15 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def weights_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's tensors as :func:`save_model` stores them (without the header).
+
+    >>> weights_bytes(torch.nn.Linear(3, 2))  # 6 weights and 2 biases, float32
+    32
+    """
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
 def build_network(card: ModelCard) -> torch.nn.Module:
     name = card.architecture.get("name", "")
     if name not in ARCHITECTURES:
