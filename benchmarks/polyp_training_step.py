@@ -19,13 +19,13 @@ Background training (``medlens_train_bg``) is paused with SIGSTOP while timing.
 
 Run: ``python benchmarks/polyp_training_step.py`` (about 4 minutes on 2 cores; writes
 benchmarks/results/polyp_training_step.md). ``--frames 16 --iterations 2 --no-write`` is a
-smoke test.
+smoke test. ``--networks Lite0UNet,Lite2UNet`` times arm 6 (what ``train seg`` runs) for each
+network instead, to compare encoders on one machine; it prints and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from pathlib import Path
 
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-pause", action="store_true")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--networks", default="", help="comma-separated: time arm 6 for each")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -58,7 +59,7 @@ def main() -> None:
         read_case_label,
     )
     from medlens.infer.segmentation import cpu_bf16_supported
-    from medlens.models.segmentation import make_plan
+    from medlens.models.segmentation import SegmentationPlan, make_plan
     from medlens.train.averaging import moving_average
     from medlens.train.segmentation import augment_batch, camera_augment, load_cases, sample_batch
 
@@ -66,17 +67,23 @@ def main() -> None:
     fingerprint = compute_fingerprint(
         [read_case_image(c.image) for c in cases], [read_case_label(c.label) for c in cases]
     )
-    plan = make_plan(fingerprint, labels={0: "background", 1: "polyp"}, batch_size=8,
-                     network="Lite0UNet", frame_size=[256, 256])  # fmt: skip
-    plan.mirror_axes = [0, 1]
+
+    def plan_for(network: str) -> SegmentationPlan:
+        plan = make_plan(fingerprint, labels={0: "background", 1: "polyp"}, batch_size=8,
+                         network=network, frame_size=[256, 256])  # fmt: skip
+        plan.mirror_axes = [0, 1]
+        return plan
+
+    plan = plan_for("Lite0UNet")
     loaded = load_cases(cases, plan)
-    start_weights = plan.build_network(pretrained=True).state_dict()
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     camera = camera_augment(plan)
 
-    def run_arm(channels_last: bool, frozen_blocks: int, bf16: bool) -> float:
-        network = plan.build_network(pretrained=False)
-        network.load_state_dict(copy.deepcopy(start_weights))
+    def run_arm(
+        channels_last: bool, frozen_blocks: int, bf16: bool, plan: SegmentationPlan = plan
+    ) -> float:
+        torch.manual_seed(0)  # the same decoder initialisation in every arm
+        network = plan.build_network(pretrained=True)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         network = network.to(memory_format=memory_format).train()
         for parameter in network.early_parameters(frozen_blocks) if frozen_blocks else []:
@@ -114,6 +121,13 @@ def main() -> None:
         ("channels-last, fp32, --freeze-early-blocks 3 (train seg now)", True, 3, False),
     ]
     load_before = Path("/proc/loadavg").read_text().split()[0]
+    if args.networks:
+        with paused_background(not args.no_pause):
+            time.sleep(0 if args.no_pause else 5)
+            for name in args.networks.split(","):
+                seconds = run_arm(True, 3, False, plan=plan_for(name))
+                print(f"{name}: {seconds:.3f} s per iteration (load before {load_before})")
+        return
     with paused_background(not args.no_pause):
         time.sleep(0 if args.no_pause else 5)  # let the paused threads leave the cores
         results = [(name, run_arm(cl, frozen, bf16)) for name, cl, frozen, bf16 in arms]
