@@ -117,6 +117,18 @@ def weights_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
+def check_weights_size(
+    size: int, *, what: str, path: str | Path | None = None, hint: str = ""
+) -> None:
+    """Refuse ``size`` bytes of weights over the 20 MB limit for shipped models."""
+    if size > MAX_WEIGHTS_BYTES:
+        raise MedlensError(
+            f"{what} has {size / 2**20:.1f} MB of weights, over the 20 MB limit for shipped models",
+            path=path,
+            hint=hint,
+        )
+
+
 def build_network(card: ModelCard) -> torch.nn.Module:
     name = card.architecture.get("name", "")
     if name not in ARCHITECTURES:
@@ -137,12 +149,7 @@ def save_model(model: torch.nn.Module, folder: str | Path, card: ModelCard) -> M
             model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
         # save_model de-duplicates tensors shared between modules (MONAI's DynUNet has some)
         save_safetensors(model, str(temporary))
-        size = temporary.stat().st_size
-        if size > MAX_WEIGHTS_BYTES:
-            raise MedlensError(
-                f"weights are {size / 2**20:.1f} MB, over the 20 MB limit for shipped models",
-                path=folder,
-            )
+        check_weights_size(temporary.stat().st_size, what="the model", path=folder)
     card = dataclasses.replace(card, sha256=file_sha256(folder / WEIGHTS_NAME))
     with atomic_output(folder / CARD_NAME) as temporary:
         temporary.write_text(card.to_json())

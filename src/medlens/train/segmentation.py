@@ -57,7 +57,7 @@ from medlens.models.segmentation import (
     label_to_network_array,
     make_plan,
 )
-from medlens.models.zoo import LITE_UNETS, MAX_WEIGHTS_BYTES, weights_bytes
+from medlens.models.zoo import LITE_UNETS, check_weights_size, weights_bytes
 from medlens.train.losses import LOSS_DESCRIPTIONS, segmentation_loss
 from medlens.train.schedules import warmup_cosine
 
@@ -790,13 +790,11 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             hint="use --network Lite0UNet (2D) or leave --freeze-early-blocks at 0",
         )
     # refuse now, not at the first save minutes into training (the card's weights must ship)
-    weights = weights_bytes(plan.build_network())
-    if weights > MAX_WEIGHTS_BYTES:
-        raise MedlensError(
-            f"the planned {plan.network} has {weights / 2**20:.1f} MB of weights, over the 20 MB "
-            "limit for shipped models",
-            hint="use a smaller --filters or --network",
-        )
+    check_weights_size(
+        weights_bytes(plan.build_network()),
+        what=f"the planned {plan.network}",
+        hint="use a smaller --filters or --network",
+    )
     out.mkdir(parents=True, exist_ok=True)
     if is_main:
         _write_json(out / "plan.json", plan.to_dict())
