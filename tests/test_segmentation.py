@@ -561,6 +561,47 @@ def test_structure_loss_trains_and_is_named_in_the_card_and_an_unknown_loss_is_r
     assert not (tmp_path / "focal").exists()
 
 
+def test_multi_scale_draws_stride_multiples_and_resizes_image_and_label_together() -> None:
+    from medlens.train.segmentation import multi_scale_sizes, rescale_batch
+
+    assert multi_scale_sizes([320, 320], [32, 32], (0.75, 1.25)) == [
+        [256, 256], [288, 288], [320, 320], [352, 352], [384, 384]
+    ]  # fmt: skip
+    assert multi_scale_sizes([256, 192], [32, 32], (1.0, 1.0)) == [[256, 192]]
+    labels = torch.zeros(2, 1, 64, 64, dtype=torch.long)
+    labels[:, :, 16:48, 8:24] = 1
+    images, resized = rescale_batch(labels.float(), labels, [96, 96])
+    assert images.shape == (2, 1, 96, 96) and resized.shape == (2, 1, 96, 96)
+    assert resized.dtype == torch.long and set(resized.unique().tolist()) == {0, 1}
+    assert int(resized[0].sum()) == 32 * 16 * 9 // 4  # the block scaled by 1.5 on each axis
+    assert torch.equal((images > 0.5).long(), resized)
+
+
+def test_multi_scale_trains_2d_frames_names_its_sizes_and_refuses_volumes_and_bad_ranges(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = train(
+        examples / "kvasir", tmp_path / "ms", "--iterations", "3", "--batch-size", "2",
+        "--labels", "1=polyp", "--frame-size", "64x64", "--multi-scale", "0.5,1.5",
+    )  # fmt: skip
+    assert code == 0
+    card = json.loads((tmp_path / "ms" / "model" / "model.json").read_text())
+    assert (
+        "multi-scale: each batch at one of 32x32, 64x64, 96x96"
+        in (card["training"]["augmentation"])
+    )
+    code = train(
+        examples / "hippocampus", tmp_path / "volume", "--iterations", "1",
+        "--multi-scale", "0.75,1.25",
+    )  # fmt: skip
+    assert code != 0
+    assert "--multi-scale is for 2D frames, and this plan is 3D" in capsys.readouterr().err
+    assert not (tmp_path / "volume").exists()
+    code = train(examples / "kvasir", tmp_path / "bad", "--multi-scale", "1.25,0.75")
+    assert code != 0
+    assert "0 < LOW <= 1 <= HIGH, got '1.25,0.75'" in capsys.readouterr().err
+
+
 def test_camera_augment_changes_colour_and_focus_of_rgb_frames_only(examples: Path) -> None:
     from medlens.train.segmentation import camera_augment
 

@@ -379,6 +379,22 @@ def _frame_size(text: str) -> list[int] | str | None:
     return size
 
 
+def _scale_range(text: str | None) -> tuple[float, float] | None:
+    """``--multi-scale``: LOW,HIGH factors of the frame size."""
+    if not text:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise MedlensError(f"--multi-scale takes LOW,HIGH like 0.75,1.25, got '{text}'") from None
+    if not 0 < low <= 1 <= high:
+        raise MedlensError(
+            f"--multi-scale takes LOW,HIGH with 0 < LOW <= 1 <= HIGH, got '{text}'",
+            hint="e.g. --multi-scale 0.75,1.25",
+        )
+    return low, high
+
+
 @train_app.command("seg")
 def train_seg(
     ctx: typer.Context,
@@ -491,6 +507,13 @@ def train_seg(
             help="RGB frames: also white balance, saturation, defocus and low resolution."
         ),
     ] = False,
+    multi_scale: Annotated[
+        str | None,
+        typer.Option(
+            help="2D: train each batch at a random size, LOW,HIGH times the frame (PraNet's "
+            "multi-scale training), e.g. 0.75,1.25."
+        ),
+    ] = None,
     group_similar: Annotated[
         bool,
         typer.Option(
@@ -561,6 +584,7 @@ def train_seg(
         dp_max_grad_norm=dp_max_grad_norm,
         ema_decay=ema_decay,
         camera_augment=camera_augment,
+        multi_scale=_scale_range(multi_scale),
         group_similar=group_similar,
         dist_backend=dist_backend,
         loss=loss,

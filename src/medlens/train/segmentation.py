@@ -113,6 +113,9 @@ class TrainConfig:
     #: RGB frames: also white balance, saturation, defocus and low resolution (other cameras);
     #: off by default: a fine-tune with it traded 0.01 clean Dice for blur/JPEG robustness
     camera_augment: bool = False
+    #: 2D: train each batch at a size drawn from this range of the frame size (e.g. (0.75,
+    #: 1.25), PraNet's multi-scale training); sizes are multiples of the network's stride
+    multi_scale: tuple[float, float] | None = None
     #: 2D: keep near-duplicate frames (thumbnail correlation >= 0.96, e.g. neighbouring
     #: slices of one scan) on one side of the split, so validation measures unseen scans
     group_similar: bool = False
@@ -438,6 +441,44 @@ def augment_batch(
     noise_on = (rand(batch) < 0.15).view(shape)
     noise = torch.randn(images.shape, generator=generator).to(device) * 0.1
     images = images + noise * noise_on
+    return images, labels
+
+
+def multi_scale_sizes(
+    patch_size: list[int], divisor: list[int], scale_range: tuple[float, float]
+) -> list[list[int]]:
+    """Batch sizes for multi-scale training: ``patch_size`` times ``scale_range``, every
+    multiple of the network's stride (``divisor``) in between, the same step on each axis.
+
+    >>> multi_scale_sizes([256, 256], [32, 32], (0.75, 1.25))
+    [[192, 192], [224, 224], [256, 256], [288, 288], [320, 320]]
+    """
+    low, high = scale_range
+    if not 0 < low <= 1 <= high:
+        raise MedlensError(
+            f"--multi-scale takes LOW,HIGH with 0 < LOW <= 1 <= HIGH, got {low},{high}",
+            hint="e.g. --multi-scale 0.75,1.25",
+        )
+    steps_down = min(int((p - p * low) // d) for p, d in zip(patch_size, divisor, strict=True))
+    steps_up = min(int((p * high - p) // d) for p, d in zip(patch_size, divisor, strict=True))
+    sizes = []
+    for step in range(-steps_down, steps_up + 1):
+        size = [p + step * d for p, d in zip(patch_size, divisor, strict=True)]
+        if min(size) > 0:
+            sizes.append(size)
+    return sizes
+
+
+def rescale_batch(
+    images: torch.Tensor, labels: torch.Tensor, size: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize a 2D batch to ``size`` (bilinear images, nearest labels); a no-op at its size."""
+    if list(images.shape[2:]) == list(size):
+        return images, labels
+    images = torch.nn.functional.interpolate(
+        images, size=size, mode="bilinear", align_corners=False, antialias=False
+    )
+    labels = torch.nn.functional.interpolate(labels.float(), size=size, mode="nearest").long()
     return images, labels
 
 
@@ -789,6 +830,14 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             f"--freeze-early-blocks needs an EfficientNet-Lite U-Net, not {plan.network}",
             hint="use --network Lite0UNet (2D) or leave --freeze-early-blocks at 0",
         )
+    batch_sizes_px = None  # multi-scale training: the sizes a batch is drawn at
+    if config.multi_scale is not None:
+        if plan.dims != 2:
+            raise MedlensError(
+                f"--multi-scale is for 2D frames, and this plan is {plan.dims}D",
+                hint="leave --multi-scale out for volumes",
+            )
+        batch_sizes_px = multi_scale_sizes(plan.patch_size, plan.size_divisor(), config.multi_scale)
     # refuse now, not at the first save minutes into training (the card's weights must ship)
     check_weights_size(
         weights_bytes(plan.build_network()),
@@ -1037,6 +1086,12 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     "; camera_augment: white balance, saturation, defocus blur, low resolution"
                     if frame_augment is not None
                     else ""
+                )
+                + (
+                    "; multi-scale: each batch at one of "
+                    + ", ".join("x".join(map(str, size)) for size in batch_sizes_px)
+                    if batch_sizes_px is not None
+                    else ""
                 ),
                 "seconds": round(elapsed(), 1),
                 "selection": "the latest validated weights (not picked on validation)"
@@ -1117,6 +1172,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 )
             if frame_augment is not None:
                 images = frame_augment(images, torch_generator)
+            if batch_sizes_px is not None:
+                pick = int(torch.randint(len(batch_sizes_px), (1,), generator=torch_generator))
+                images, labels = rescale_batch(images, labels, batch_sizes_px[pick])
             images = images.contiguous(memory_format=memory_format)
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, amp):
