@@ -383,16 +383,13 @@ def _scale_range(text: str | None) -> tuple[float, float] | None:
     """``--multi-scale``: LOW,HIGH factors of the frame size."""
     if not text:
         return None
+    from medlens.train.segmentation import check_scale_range
+
     try:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
         raise MedlensError(f"--multi-scale takes LOW,HIGH like 0.75,1.25, got '{text}'") from None
-    if not 0 < low <= 1 <= high:
-        raise MedlensError(
-            f"--multi-scale takes LOW,HIGH with 0 < LOW <= 1 <= HIGH, got '{text}'",
-            hint="e.g. --multi-scale 0.75,1.25",
-        )
-    return low, high
+    return check_scale_range((low, high))  # here too, to refuse before the data is read
 
 
 @train_app.command("seg")

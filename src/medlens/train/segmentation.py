@@ -444,6 +444,17 @@ def augment_batch(
     return images, labels
 
 
+def check_scale_range(scale_range: tuple[float, float]) -> tuple[float, float]:
+    """``--multi-scale`` LOW,HIGH: 0 < LOW <= 1 <= HIGH, so the frame size is among the sizes."""
+    low, high = scale_range
+    if not 0 < low <= 1 <= high:
+        raise MedlensError(
+            f"--multi-scale takes LOW,HIGH with 0 < LOW <= 1 <= HIGH, got '{low:g},{high:g}'",
+            hint="e.g. --multi-scale 0.75,1.25",
+        )
+    return low, high
+
+
 def multi_scale_sizes(
     patch_size: list[int], divisor: list[int], scale_range: tuple[float, float]
 ) -> list[list[int]]:
@@ -453,20 +464,14 @@ def multi_scale_sizes(
     >>> multi_scale_sizes([256, 256], [32, 32], (0.75, 1.25))
     [[192, 192], [224, 224], [256, 256], [288, 288], [320, 320]]
     """
-    low, high = scale_range
-    if not 0 < low <= 1 <= high:
-        raise MedlensError(
-            f"--multi-scale takes LOW,HIGH with 0 < LOW <= 1 <= HIGH, got {low},{high}",
-            hint="e.g. --multi-scale 0.75,1.25",
-        )
+    low, high = check_scale_range(scale_range)
+    # LOW > 0, so every size down to LOW times the patch stays positive
     steps_down = min(int((p - p * low) // d) for p, d in zip(patch_size, divisor, strict=True))
     steps_up = min(int((p * high - p) // d) for p, d in zip(patch_size, divisor, strict=True))
-    sizes = []
-    for step in range(-steps_down, steps_up + 1):
-        size = [p + step * d for p, d in zip(patch_size, divisor, strict=True)]
-        if min(size) > 0:
-            sizes.append(size)
-    return sizes
+    return [
+        [p + step * d for p, d in zip(patch_size, divisor, strict=True)]
+        for step in range(-steps_down, steps_up + 1)
+    ]
 
 
 def rescale_batch(
