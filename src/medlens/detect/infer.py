@@ -27,6 +27,7 @@ import torch
 from medlens.detect.boxes import Boxes
 from medlens.detect.data import IMAGE_SUFFIXES
 from medlens.detect.predict import Detector
+from medlens.detect.rescore import BoxRescoring
 from medlens.errors import MedlensError
 from medlens.image import Image
 from medlens.io.atomic import atomic_output, full_suffix
@@ -74,7 +75,16 @@ def load_detector(
         weights_sha256=card.sha256,
         cache_dir=cache_dir,
     )
-    return Detector(network, input_size=size, conf=conf, nms_iou=nms, device=device), card
+    rescoring = card.preprocessing.get("rescoring")
+    detector = Detector(
+        network,
+        input_size=size,
+        conf=conf,
+        nms_iou=nms,
+        device=device,
+        rescoring=BoxRescoring.from_card(rescoring) if rescoring else None,
+    )
+    return detector, card
 
 
 def _window(image: Image, source: Any) -> tuple[float, float]:

@@ -12,6 +12,7 @@ from medlens.detect.augment import letterbox
 from medlens.detect.boxes import Boxes
 from medlens.detect.centernet import decode
 from medlens.detect.model import GREY_MEAN, GREY_STD, OUTPUT_STRIDE
+from medlens.detect.rescore import BoxRescoring
 
 
 def normalise(pixels: np.ndarray) -> torch.Tensor:
@@ -25,7 +26,9 @@ class Detector:
 
     ``input_size``: long side in network pixels; ``conf``: minimum score kept;
     ``nms_iou``: IoU above which a lower-scored box of the same class is dropped;
-    ``flip_tta``: also run the mirrored image and average (2x the time).
+    ``flip_tta``: also run the mirrored image and average (2x the time);
+    ``rescoring``: a second stage that replaces each box's score before ``conf`` and NMS
+    (:mod:`medlens.detect.rescore`).
     """
 
     network: torch.nn.Module
@@ -35,6 +38,7 @@ class Detector:
     max_objects: int = 100
     device: str = "cpu"
     flip_tta: bool = False
+    rescoring: BoxRescoring | None = None
 
     def __post_init__(self) -> None:
         # channels-last convolutions are ~1.3x faster on CPU (oneDNN)
@@ -58,6 +62,8 @@ class Detector:
         """
         self.network.eval()
         results: list[Boxes] = []
+        # with a rescoring, every box it may lift over ``conf`` must survive the decoding
+        threshold = min(self.conf, self.rescoring.min_score) if self.rescoring else self.conf
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             boxed = [letterbox(pixels, self.input_size) for pixels in chunk]
@@ -68,7 +74,7 @@ class Detector:
                 output,
                 stride=OUTPUT_STRIDE,
                 max_objects=self.max_objects,
-                score_threshold=self.conf,
+                score_threshold=threshold,
             )
             for pixels, (_, scale), found in zip(chunk, boxed, decoded, strict=True):
                 height, width = pixels.shape
@@ -76,6 +82,9 @@ class Detector:
                 xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, width)
                 xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, height)
                 boxes = Boxes(xyxy, found.scores, found.labels)
-                valid = np.all(boxes.size > 0, axis=1)
-                results.append(boxes[valid].nms(iou_threshold=self.nms_iou))
+                boxes = boxes[np.all(boxes.size > 0, axis=1)]
+                if self.rescoring is not None:
+                    boxes = self.rescoring(boxes, pixels)
+                    boxes = boxes[boxes.scores >= self.conf]
+                results.append(boxes.nms(iou_threshold=self.nms_iou))
         return results

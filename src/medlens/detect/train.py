@@ -3,7 +3,9 @@
 Every epoch writes ``RUN/checkpoint.pt`` (model, optimiser, scheduler, epoch, metrics history:
 ``--resume`` continues from it), appends ``RUN/metrics.csv`` and redraws ``RUN/metrics.png``;
 whenever validation AP50 improves the model is saved through the model zoo to ``--model-out``
-(``RUN/model`` by default) with a full model card.
+(``RUN/model`` by default) with a full model card. At the end, a false-positive reduction
+stage (:mod:`medlens.detect.rescore`) is fitted on the best model's predictions for the training
+images and written into its card if it does not lower val AP50 (``rescore=False`` skips it).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class DetectTrainConfig:
     seed: int = 0
     threads: int | None = None
     device: str = "auto"
+    rescore: bool = True  # fit the second-stage rescoring at the end (kept if val AP50 holds)
     command: str = ""
 
 
@@ -602,6 +605,13 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             break
         if config.max_iterations and iteration >= config.max_iterations:
             break
+    if config.rescore and (model_out / "model.json").is_file():
+        from medlens.detect.rescore import rescore_model
+
+        try:
+            rescore_model(model_out, samples=(train, val), log=log)
+        except MedlensError as error:  # e.g. no false positives to learn from: ship without
+            log(f"rescoring skipped: {error}")
     return {"best_ap50": best, **(history[-1] if history else {})}
 
 
