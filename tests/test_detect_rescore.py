@@ -107,6 +107,32 @@ def test_rescore_model_writes_the_stage_into_the_card_only_if_val_ap50_holds(
         assert entry is None and detector.rescoring is None
 
 
+def test_a_stage_that_no_longer_holds_is_dropped_from_the_card(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-fitting a model whose card already has a stage: if the new fit lowers val AP50, the
+    card must not keep the old stage, and its val figures become the network's own. (The val
+    scoring is replaced by fixed numbers here, so the branch is taken; the fit is real.)"""
+    import medlens.detect.train
+    from medlens.detect.data import load_detection_data
+
+    def scored(detector: object, samples: object) -> dict[str, float]:
+        ap50 = 0.5 if detector.rescoring is not None else 0.6  # type: ignore[attr-defined]
+        keys = ("ap75", "map50_95", "froc_sens_at_1fp", "froc_sens_at_0.5fp")
+        keys += ("froc_sens_at_2fp", "froc01_sens_at_1fp")
+        return {"ap50": ap50, **dict.fromkeys(keys, 0.25)}
+
+    monkeypatch.setattr(medlens.detect.train, "evaluate_detector", scored)
+    model = tmp_path / "model"
+    shutil.copytree(SHIPPED, model)
+    assert "rescoring" in json.loads((model / "model.json").read_text())["preprocessing"]
+    train, names = load_detection_data(shared_data / "kidney-stones", "train", limit=20)
+    result = rescore_model(model, samples=(train, train[:2]), log=lambda text: None)
+    card = json.loads((model / "model.json").read_text())
+    assert not result.kept and "rescoring" not in card["preprocessing"]
+    assert card["metrics"]["val_ap50"] == 0.6 and "without_rescoring" not in card["metrics"]
+
+
 def test_shipped_detector_carries_its_rescoring_and_it_lifts_val_ap50() -> None:
     card = json.loads((SHIPPED / "model.json").read_text())
     entry = card["preprocessing"]["rescoring"]

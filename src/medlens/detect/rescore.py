@@ -203,7 +203,8 @@ def rescore_model(
     the fit uses its train split, the check its val split (or ``samples``: the train and val
     images already loaded, as ``train detect`` passes them). The stage is kept (like nnU-Net's
     post-processing, chosen on validation) only if val AP50 does not fall; the card then
-    records both figures and the val metrics with the stage. The weights are not touched.
+    records both figures and the val metrics with the stage. A stage already in the card is
+    replaced, or dropped if it no longer holds. The weights are not touched.
     """
     from medlens.detect.data import load_detection_data
     from medlens.detect.infer import load_detector
@@ -237,29 +238,34 @@ def rescore_model(
         f"val AP50 {without['ap50']:.4f} without the rescoring, {with_stage['ap50']:.4f} with it: "
         + ("kept" if kept else "not kept")
     )
+    preprocessing = {k: v for k, v in card.preprocessing.items() if k != "rescoring"}
+    metrics = {k: v for k, v in card.metrics.items() if k != "without_rescoring"}
     if kept:
-        entry = {
+        preprocessing["rescoring"] = {
             **rescoring.to_card(),
             "fitted_on": f"{len(train)} training images of {source}",
             "fitted_by": "`medlens train detect` at its end, or `medlens rescore MODEL`",
             "val_ap50_without": round(without["ap50"], 4),
             "val_ap50_with": round(with_stage["ap50"], 4),
         }
-        metrics = {
-            **card.metrics,
-            "val_ap50": with_stage["ap50"],
-            "val_ap50_ci95": [with_stage.get("ap50_low"), with_stage.get("ap50_high")],
-            "val_ap75": with_stage["ap75"],
-            "val_map50_95": with_stage["map50_95"],
-            "val_froc_sens_at_1fp": with_stage["froc_sens_at_1fp"],
-            "val_froc_sens_at_0.5fp": with_stage["froc_sens_at_0.5fp"],
-            "val_froc_sens_at_2fp": with_stage["froc_sens_at_2fp"],
-            "val_froc_iou0.1_sens_at_1fp": with_stage["froc01_sens_at_1fp"],
-            "without_rescoring": {key: round(value, 4) for key, value in without.items()},
+        metrics["without_rescoring"] = {key: round(value, 4) for key, value in without.items()}
+    elif "rescoring" not in card.preprocessing:
+        return RescoringResult(rescoring, without["ap50"], with_stage["ap50"], kept)
+    # the card's val figures are those of what ships (a stale stage from before is dropped)
+    shipped = with_stage if kept else without
+    metrics.update(
+        {
+            "val_ap50": shipped["ap50"],
+            "val_ap50_ci95": [shipped.get("ap50_low"), shipped.get("ap50_high")],
+            "val_ap75": shipped["ap75"],
+            "val_map50_95": shipped["map50_95"],
+            "val_froc_sens_at_1fp": shipped["froc_sens_at_1fp"],
+            "val_froc_sens_at_0.5fp": shipped["froc_sens_at_0.5fp"],
+            "val_froc_sens_at_2fp": shipped["froc_sens_at_2fp"],
+            "val_froc_iou0.1_sens_at_1fp": shipped["froc01_sens_at_1fp"],
         }
-        card = dataclasses.replace(
-            card, preprocessing={**card.preprocessing, "rescoring": entry}, metrics=metrics
-        )
-        with atomic_output(folder / CARD_NAME) as temporary:
-            temporary.write_text(card.to_json())
+    )
+    card = dataclasses.replace(card, preprocessing=preprocessing, metrics=metrics)
+    with atomic_output(folder / CARD_NAME) as temporary:
+        temporary.write_text(card.to_json())
     return RescoringResult(rescoring, without["ap50"], with_stage["ap50"], kept)
