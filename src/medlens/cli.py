@@ -861,7 +861,12 @@ def detect(
     model: Annotated[str, typer.Argument(help="Detection model name (kidney-stones) or folder.")],
     source: Annotated[Path, typer.Argument(help="Image, folder of images, or DICOM file/series.")],
     out: Annotated[Path, typer.Argument(help="Output folder.")],
-    conf: Annotated[float, typer.Option("--conf", help="Minimum box score (0..1).")] = 0.25,
+    conf: Annotated[
+        float,
+        typer.Option(
+            "--conf", help="Minimum box score 0..1 (the rescored score where the model rescores)."
+        ),
+    ] = 0.25,
     series: SeriesOption = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     engine: EngineOption = "auto",
