@@ -152,7 +152,8 @@ def fit_rescoring(
         logits.append(_score_logit(boxes.scores[strong]))
         peaks.append(peak_inside(image, boxes.xyxy[strong]))
         positive.append(hits[strong])
-    if not positive or not np.concatenate(positive).any() or np.concatenate(positive).all():
+    labels = np.concatenate(positive) if positive else np.zeros(0, bool)
+    if not labels.any() or labels.all():
         raise MedlensError(
             "cannot fit the rescoring: the training predictions need both true and false positives",
             hint="train longer, or skip the stage (--no-rescore)",
@@ -160,7 +161,7 @@ def fit_rescoring(
     features = np.stack([np.concatenate(logits), np.concatenate(peaks)], 1)
     mean, std = features.mean(0), features.std(0) + 1e-6
     x = torch.tensor((features - mean) / std)
-    y = torch.tensor(np.concatenate(positive), dtype=torch.float64)
+    y = torch.tensor(labels, dtype=torch.float64)
     weights = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([weights], max_iter=500, line_search_fn="strong_wolfe")
 
@@ -208,7 +209,7 @@ def rescore_model(
     """
     from medlens.detect.data import load_detection_data
     from medlens.detect.infer import load_detector
-    from medlens.detect.train import evaluate_detector
+    from medlens.detect.train import card_val_metrics, evaluate_detector
     from medlens.io.atomic import atomic_output
     from medlens.models.zoo import CARD_NAME, find_model
 
@@ -228,9 +229,8 @@ def rescore_model(
         )
     detector = dataclasses.replace(detector, rescoring=None)
     log(f"predicting {len(train)} training images to fit the rescoring")
-    rescoring = fit_rescoring(
-        detector([s.pixels for s in train]), [s.boxes for s in train], [s.pixels for s in train]
-    )
+    pixels = [s.pixels for s in train]
+    rescoring = fit_rescoring(detector(pixels), [s.boxes for s in train], pixels)
     without = evaluate_detector(detector, val)
     with_stage = evaluate_detector(dataclasses.replace(detector, rescoring=rescoring), val)
     kept = with_stage["ap50"] >= without["ap50"]
@@ -252,19 +252,7 @@ def rescore_model(
     elif "rescoring" not in card.preprocessing:
         return RescoringResult(rescoring, without["ap50"], with_stage["ap50"], kept)
     # the card's val figures are those of what ships (a stale stage from before is dropped)
-    shipped = with_stage if kept else without
-    metrics.update(
-        {
-            "val_ap50": shipped["ap50"],
-            "val_ap50_ci95": [shipped.get("ap50_low"), shipped.get("ap50_high")],
-            "val_ap75": shipped["ap75"],
-            "val_map50_95": shipped["map50_95"],
-            "val_froc_sens_at_1fp": shipped["froc_sens_at_1fp"],
-            "val_froc_sens_at_0.5fp": shipped["froc_sens_at_0.5fp"],
-            "val_froc_sens_at_2fp": shipped["froc_sens_at_2fp"],
-            "val_froc_iou0.1_sens_at_1fp": shipped["froc01_sens_at_1fp"],
-        }
-    )
+    metrics.update(card_val_metrics(with_stage if kept else without))
     card = dataclasses.replace(card, preprocessing=preprocessing, metrics=metrics)
     with atomic_output(folder / CARD_NAME) as temporary:
         temporary.write_text(card.to_json())

@@ -18,6 +18,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -214,6 +215,20 @@ def evaluate_detector(
         metrics[f"froc_sens_at_{rate}fp"] = mean(strict, f"froc_{rate}")
         metrics[f"froc01_sens_at_{rate}fp"] = mean(loose, f"froc_{rate}")
     return metrics
+
+
+def card_val_metrics(metrics: dict[str, float]) -> dict[str, Any]:
+    """The model card's ``val_*`` entries from :func:`evaluate_detector`'s metrics."""
+    return {
+        "val_ap50": metrics["ap50"],
+        "val_ap50_ci95": [metrics.get("ap50_low"), metrics.get("ap50_high")],
+        "val_ap75": metrics["ap75"],
+        "val_froc_sens_at_1fp": metrics["froc_sens_at_1fp"],
+        "val_froc_sens_at_0.5fp": metrics["froc_sens_at_0.5fp"],
+        "val_froc_sens_at_2fp": metrics["froc_sens_at_2fp"],
+        "val_map50_95": metrics["map50_95"],
+        "val_froc_iou0.1_sens_at_1fp": metrics["froc01_sens_at_1fp"],
+    }
 
 
 def compact_optimizer_state(state: dict) -> dict:
@@ -562,15 +577,8 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
                 card_base,
                 training={**card_base.training, "selection": selection},
                 metrics={
-                    "val_ap50": metrics["ap50"],
-                    "val_ap50_ci95": [metrics.get("ap50_low"), metrics.get("ap50_high")],
+                    **card_val_metrics(metrics),
                     "val_ap50_ci95_method": "percentile bootstrap over val images (1000x)",
-                    "val_ap75": metrics["ap75"],
-                    "val_froc_sens_at_1fp": metrics["froc_sens_at_1fp"],
-                    "val_froc_sens_at_0.5fp": metrics["froc_sens_at_0.5fp"],
-                    "val_froc_sens_at_2fp": metrics["froc_sens_at_2fp"],
-                    "val_map50_95": metrics["map50_95"],
-                    "val_froc_iou0.1_sens_at_1fp": metrics["froc01_sens_at_1fp"],
                     "froc_matching": "froc_sens_*: IoU >= 0.5; froc_iou0.1_*: IoU >= 0.1 (LUNA16)",
                     "epoch": epoch,
                     "val_images": len(val),
