@@ -528,6 +528,44 @@ def test_augmentation_moves_image_and_label_together() -> None:
     assert moved.any()
 
 
+def test_rotation_range_bounds_how_far_a_frame_turns() -> None:
+    from medlens.train.segmentation import augment_batch
+
+    labels = torch.zeros(256, 1, 64, 64, dtype=torch.long)
+    labels[:, :, 6:14, 28:36] = 1  # a block straight above the centre (angle 0)
+
+    def angles(rotation_degrees: float) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        _, out = augment_batch(
+            labels.float(), labels.clone(), generator, [], rotation_degrees=rotation_degrees
+        )
+        rows, cols = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+        mass = out[:, 0].float().flatten(1).sum(1).clamp_min(1)
+        row = (out[:, 0] * rows).flatten(1).sum(1) / mass - 31.5
+        col = (out[:, 0] * cols).flatten(1).sum(1) / mass - 31.5
+        return torch.rad2deg(torch.atan2(col, -row)).abs()
+
+    assert float(angles(15).max()) < 20  # the default: at most 15 degrees, plus pixel snapping
+    turned = angles(180)
+    assert float((turned > 90).float().mean()) > 0.1  # about half of the 30% that rotate
+
+
+def test_rotation_degrees_is_named_in_the_card_and_out_of_range_values_are_refused(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = train(
+        examples / "kvasir", tmp_path / "turned", "--iterations", "2", "--batch-size", "2",
+        "--labels", "1=polyp", "--frame-size", "64x64", "--rotation-degrees", "180",
+    )  # fmt: skip
+    assert code == 0
+    card = json.loads((tmp_path / "turned" / "model" / "model.json").read_text())
+    assert "rotation (+-180 degrees)" in card["training"]["augmentation"]
+    code = train(examples / "kvasir", tmp_path / "bad", "--rotation-degrees", "-5")
+    assert code != 0
+    assert "--rotation-degrees must be 0-180, got -5" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_camera_augment_is_opt_in_and_named_in_the_model_card(
     polyp_run: Path, examples: Path, tmp_path: Path
 ) -> None:

@@ -488,6 +488,13 @@ def train_seg(
         str | None,
         typer.Option(help="Spatial axes to mirror in training and TTA, e.g. 0,1 (default all)."),
     ] = None,
+    rotation_degrees: Annotated[
+        float,
+        typer.Option(
+            help="builtin augmentation: rotate by up to +-this many degrees in each plane "
+            "(p 0.3); nnU-Net uses 180 for square 2D patches."
+        ),
+    ] = 15.0,
     tag: Annotated[
         str | None, typer.Option(help="Free text marker in the command line (e.g. for pkill).")
     ] = None,
@@ -583,6 +590,7 @@ def train_seg(
         pretrained=pretrained,
         augment=augment,
         mirror_axes=_int_list(mirror_axes, "--mirror-axes"),
+        rotation_degrees=rotation_degrees,
         dp_epsilon=dp_epsilon,
         dp_delta=dp_delta,
         dp_max_grad_norm=dp_max_grad_norm,

@@ -116,6 +116,9 @@ class TrainConfig:
     #: 2D: train each batch at a size drawn from this range of the frame size (e.g. (0.75,
     #: 1.25), PraNet's multi-scale training); sizes are multiples of the network's stride
     multi_scale: tuple[float, float] | None = None
+    #: the built-in augmentation's rotation range, +- degrees in each plane (p=0.3); nnU-Net
+    #: rotates square 2D patches by up to +-180 and volumes by +-30
+    rotation_degrees: float = 15.0
     #: 2D: keep near-duplicate frames (thumbnail correlation >= 0.96, e.g. neighbouring
     #: slices of one scan) on one side of the split, so validation measures unseen scans
     group_similar: bool = False
@@ -370,12 +373,14 @@ def augment_batch(
     labels: torch.Tensor,
     generator: torch.Generator,
     mirror_axes: list[int] | None = None,
+    *,
+    rotation_degrees: float = 15.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched torch augmentation (flips, rotation/scale, intensity) on any device.
 
     The default of ``medlens train seg``: mirror each of ``mirror_axes`` (spatial axes,
     0 = i; default all) with p=0.5,
-    rotate (+-15 degrees in each plane) and scale (0.85-1.15) with p=0.3 through one
+    rotate (+-``rotation_degrees`` in each plane) and scale (0.85-1.15) with p=0.3 through one
     ``grid_sample`` (linear for images, nearest for labels), brightness (x0.85-1.15),
     contrast, gamma (0.7-1.5, p=0.3) and Gaussian noise (p=0.15), per sample.
     """
@@ -394,7 +399,7 @@ def augment_batch(
             if not apply[b]:
                 theta[b, :, :dims] = torch.eye(dims, device=device)
                 continue
-            angles = (rand(3) * 2 - 1) * math.radians(15)
+            angles = (rand(3) * 2 - 1) * math.radians(rotation_degrees)
             scale = float(0.85 + rand(1) * 0.3)
             if dims == 2:
                 c, s = math.cos(angles[0]), math.sin(angles[0])
@@ -518,8 +523,9 @@ def _augment(
     labels: torch.Tensor,
     generator: torch.Generator,
     mirror_axes: list[int] | None = None,
+    rotation_degrees: float = 15.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return augment_batch(images, labels, generator, mirror_axes)
+    return augment_batch(images, labels, generator, mirror_axes, rotation_degrees=rotation_degrees)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -703,6 +709,11 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         raise MedlensError(f"--dist-backend {config.dist_backend}: use auto, nccl or gloo")
     if config.loss not in LOSS_DESCRIPTIONS:
         raise MedlensError(f"--loss {config.loss}: use {' or '.join(LOSS_DESCRIPTIONS)}")
+    if not 0 <= config.rotation_degrees <= 180:
+        raise MedlensError(
+            f"--rotation-degrees must be 0-180, got {config.rotation_degrees:g}",
+            hint="e.g. 180 for endoscopy frames, 15 (the default) for volumes",
+        )
     if config.split_file is not None and (
         config.fold is not None or config.val_cases or config.group_similar
     ):
@@ -1084,8 +1095,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 "augmentation": (
                     "medlens.augment.Augment.default"
                     if config.augment == "medlens"
-                    else "medlens.train.segmentation.augment_batch: mirror, rotation, scale, "
-                    "brightness, contrast, gamma, noise"
+                    else "medlens.train.segmentation.augment_batch: mirror, rotation "
+                    f"(+-{config.rotation_degrees:g} degrees), scale, brightness, contrast, "
+                    "gamma, noise"
                 )
                 + (
                     "; camera_augment: white balance, saturation, defocus blur, low resolution"
@@ -1173,7 +1185,11 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 )
             else:
                 images, labels = _augment(
-                    images.to(device), labels.to(device), torch_generator, plan.mirror_axes
+                    images.to(device),
+                    labels.to(device),
+                    torch_generator,
+                    plan.mirror_axes,
+                    config.rotation_degrees,
                 )
             if frame_augment is not None:
                 images = frame_augment(images, torch_generator)
