@@ -550,22 +550,6 @@ def test_rotation_range_bounds_how_far_a_frame_turns() -> None:
     assert float((turned > 90).float().mean()) > 0.1  # about half of the 30% that rotate
 
 
-def test_rotation_degrees_is_named_in_the_card_and_out_of_range_values_are_refused(
-    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code = train(
-        examples / "kvasir", tmp_path / "turned", "--iterations", "2", "--batch-size", "2",
-        "--labels", "1=polyp", "--frame-size", "64x64", "--rotation-degrees", "180",
-    )  # fmt: skip
-    assert code == 0
-    card = json.loads((tmp_path / "turned" / "model" / "model.json").read_text())
-    assert "rotation (+-180 degrees)" in card["training"]["augmentation"]
-    code = train(examples / "kvasir", tmp_path / "bad", "--rotation-degrees", "-5")
-    assert code != 0
-    assert "--rotation-degrees must be 0-180, got -5" in capsys.readouterr().err
-    assert not (tmp_path / "bad").exists()
-
-
 def test_camera_augment_is_opt_in_and_named_in_the_model_card(
     polyp_run: Path, examples: Path, tmp_path: Path
 ) -> None:
@@ -615,19 +599,41 @@ def test_multi_scale_draws_stride_multiples_and_resizes_image_and_label_together
     assert torch.equal((images > 0.5).long(), resized)
 
 
-def test_multi_scale_trains_2d_frames_names_its_sizes_and_refuses_volumes_and_bad_ranges(
-    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("option", "value", "in_card", "bad_value", "error"),
+    [
+        ("--multi-scale", "0.5,1.5", "multi-scale: each batch at one of 32x32, 64x64, 96x96",
+         "1.25,0.75", "0 < LOW <= 1 <= HIGH, got '1.25,0.75'"),
+        ("--rotation-degrees", "180", "rotation (+-180 degrees)",
+         "-5", "--rotation-degrees must be 0-180, got -5"),
+    ],
+)  # fmt: skip
+def test_augmentation_options_are_named_in_the_card_and_bad_values_are_refused(
+    option: str,
+    value: str,
+    in_card: str,
+    bad_value: str,
+    error: str,
+    examples: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     code = train(
-        examples / "kvasir", tmp_path / "ms", "--iterations", "3", "--batch-size", "2",
-        "--labels", "1=polyp", "--frame-size", "64x64", "--multi-scale", "0.5,1.5",
+        examples / "kvasir", tmp_path / "run", "--iterations", "3", "--batch-size", "2",
+        "--labels", "1=polyp", "--frame-size", "64x64", option, value,
     )  # fmt: skip
     assert code == 0
-    card = json.loads((tmp_path / "ms" / "model" / "model.json").read_text())
-    assert (
-        "multi-scale: each batch at one of 32x32, 64x64, 96x96"
-        in (card["training"]["augmentation"])
-    )
+    card = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    assert in_card in card["training"]["augmentation"]
+    code = train(examples / "kvasir", tmp_path / "bad", option, bad_value)
+    assert code != 0
+    assert error in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_multi_scale_refuses_volumes(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = train(
         examples / "hippocampus", tmp_path / "volume", "--iterations", "1",
         "--multi-scale", "0.75,1.25",
@@ -635,9 +641,6 @@ def test_multi_scale_trains_2d_frames_names_its_sizes_and_refuses_volumes_and_ba
     assert code != 0
     assert "--multi-scale is for 2D frames, and this plan is 3D" in capsys.readouterr().err
     assert not (tmp_path / "volume").exists()
-    code = train(examples / "kvasir", tmp_path / "bad", "--multi-scale", "1.25,0.75")
-    assert code != 0
-    assert "0 < LOW <= 1 <= HIGH, got '1.25,0.75'" in capsys.readouterr().err
 
 
 def test_camera_augment_changes_colour_and_focus_of_rgb_frames_only(examples: Path) -> None:
