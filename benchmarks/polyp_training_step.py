@@ -47,6 +47,11 @@ def main() -> None:
     parser.add_argument("--no-pause", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--networks", default="", help="comma-separated: time arm 6 for each")
+    parser.add_argument(
+        "--frozen",
+        default="3",
+        help="with --networks: comma-separated --freeze-early-blocks values to time, e.g. 3,5",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -125,8 +130,12 @@ def main() -> None:
         with paused_background(not args.no_pause):
             time.sleep(0 if args.no_pause else 5)
             for name in args.networks.split(","):
-                seconds = run_arm(True, 3, False, plan=plan_for(name))
-                print(f"{name}: {seconds:.3f} s per iteration (load before {load_before})")
+                for frozen in map(int, args.frozen.split(",")):
+                    seconds = run_arm(True, frozen, False, plan=plan_for(name))
+                    print(
+                        f"{name}, --freeze-early-blocks {frozen}: {seconds:.3f} s per iteration "
+                        f"(load before {load_before})"
+                    )
         return
     with paused_background(not args.no_pause):
         time.sleep(0 if args.no_pause else 5)  # let the paused threads leave the cores
