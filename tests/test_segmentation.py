@@ -631,6 +631,17 @@ def test_augmentation_options_are_named_in_the_card_and_bad_values_are_refused(
     assert not (tmp_path / "bad").exists()
 
 
+def test_rotation_degrees_is_refused_with_the_medlens_augmentation(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = train(
+        examples / "kvasir", tmp_path / "run", "--augment", "medlens", "--rotation-degrees", "90"
+    )
+    assert code != 0
+    assert "--augment medlens has its own" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_multi_scale_refuses_volumes(
     examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

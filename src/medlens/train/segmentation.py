@@ -714,6 +714,12 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             f"--rotation-degrees must be 0-180, got {config.rotation_degrees:g}",
             hint="e.g. 180 for endoscopy frames, 15 (the default) for volumes",
         )
+    if config.augment == "medlens" and config.rotation_degrees != 15.0:
+        raise MedlensError(
+            "--rotation-degrees sets the builtin augmentation's range, and --augment medlens "
+            "has its own",
+            hint="leave out one of the two",
+        )
     if config.split_file is not None and (
         config.fold is not None or config.val_cases or config.group_similar
     ):
