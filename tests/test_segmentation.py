@@ -631,27 +631,27 @@ def test_augmentation_options_are_named_in_the_card_and_bad_values_are_refused(
     assert not (tmp_path / "bad").exists()
 
 
-def test_rotation_degrees_is_refused_with_the_medlens_augmentation(
-    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("dataset", "options", "error"),
+    [
+        ("hippocampus", ["--multi-scale", "0.75,1.25"],
+         "--multi-scale is for 2D frames, and this plan is 3D"),
+        ("kvasir", ["--augment", "medlens", "--rotation-degrees", "90"],
+         "--augment medlens has its own"),
+    ],
+)  # fmt: skip
+def test_augmentation_options_that_do_not_apply_are_refused(
+    dataset: str,
+    options: list[str],
+    error: str,
+    examples: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = train(
-        examples / "kvasir", tmp_path / "run", "--augment", "medlens", "--rotation-degrees", "90"
-    )
+    code = train(examples / dataset, tmp_path / "run", "--iterations", "1", *options)
     assert code != 0
-    assert "--augment medlens has its own" in capsys.readouterr().err
+    assert error in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
-
-
-def test_multi_scale_refuses_volumes(
-    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code = train(
-        examples / "hippocampus", tmp_path / "volume", "--iterations", "1",
-        "--multi-scale", "0.75,1.25",
-    )  # fmt: skip
-    assert code != 0
-    assert "--multi-scale is for 2D frames, and this plan is 3D" in capsys.readouterr().err
-    assert not (tmp_path / "volume").exists()
 
 
 def test_camera_augment_changes_colour_and_focus_of_rgb_frames_only(examples: Path) -> None:
