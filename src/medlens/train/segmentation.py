@@ -61,6 +61,9 @@ from medlens.models.zoo import LITE_UNETS, check_weights_size, weights_bytes
 from medlens.train.losses import LOSS_DESCRIPTIONS, segmentation_loss
 from medlens.train.schedules import warmup_cosine
 
+#: the built-in augmentation's rotation range (+- degrees in each plane) unless asked otherwise
+DEFAULT_ROTATION_DEGREES = 15.0
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -118,7 +121,7 @@ class TrainConfig:
     multi_scale: tuple[float, float] | None = None
     #: the built-in augmentation's rotation range, +- degrees in each plane (p=0.3); nnU-Net
     #: rotates square 2D patches by up to +-180 and volumes by +-30
-    rotation_degrees: float = 15.0
+    rotation_degrees: float = DEFAULT_ROTATION_DEGREES
     #: 2D: keep near-duplicate frames (thumbnail correlation >= 0.96, e.g. neighbouring
     #: slices of one scan) on one side of the split, so validation measures unseen scans
     group_similar: bool = False
@@ -374,7 +377,7 @@ def augment_batch(
     generator: torch.Generator,
     mirror_axes: list[int] | None = None,
     *,
-    rotation_degrees: float = 15.0,
+    rotation_degrees: float = DEFAULT_ROTATION_DEGREES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched torch augmentation (flips, rotation/scale, intensity) on any device.
 
@@ -516,16 +519,6 @@ def camera_augment(plan: SegmentationPlan) -> Any:
         return optics(images, generator=generator)[0]
 
     return augment
-
-
-def _augment(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    generator: torch.Generator,
-    mirror_axes: list[int] | None = None,
-    rotation_degrees: float = 15.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return augment_batch(images, labels, generator, mirror_axes, rotation_degrees=rotation_degrees)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -714,7 +707,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             f"--rotation-degrees must be 0-180, got {config.rotation_degrees:g}",
             hint="e.g. 180 for endoscopy frames, 15 (the default) for volumes",
         )
-    if config.augment == "medlens" and config.rotation_degrees != 15.0:
+    if config.augment == "medlens" and config.rotation_degrees != DEFAULT_ROTATION_DEGREES:
         raise MedlensError(
             "--rotation-degrees sets the builtin augmentation's range, and --augment medlens "
             "has its own",
@@ -1190,12 +1183,12 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     images.to(device), labels.to(device), generator=torch_generator
                 )
             else:
-                images, labels = _augment(
+                images, labels = augment_batch(
                     images.to(device),
                     labels.to(device),
                     torch_generator,
                     plan.mirror_axes,
-                    config.rotation_degrees,
+                    rotation_degrees=config.rotation_degrees,
                 )
             if frame_augment is not None:
                 images = frame_augment(images, torch_generator)
