@@ -26,11 +26,12 @@ from medlens.data.segmentation import (
     find_cases,
     read_case_label,
 )
+from medlens.errors import MedlensError
 from medlens.infer.segmentation import dice_per_class
 from medlens.io import read_image
 from medlens.models.segmentation import SegmentationPlan, make_plan
 from medlens.models.zoo import load_model
-from medlens.train.segmentation import LoadedCase, make_split, validate
+from medlens.train.segmentation import LoadedCase, make_split, parameter_groups, validate
 
 
 def fingerprint_of(folder: Path) -> Fingerprint:
@@ -715,11 +716,12 @@ def test_freeze_early_blocks_keeps_the_imagenet_stem_and_trains_the_rest(
     out = tmp_path / "run"
     code = train(
         examples / "kvasir", out, "--iterations", "2", "--batch-size", "2", "--labels",
-        "1=polyp", "--freeze-early-blocks", "3", "--lr", "0.01",
+        "1=polyp", "--freeze-early-blocks", "3", "--lr", "0.01", "--encoder-lr-scale", "0.3",
     )  # fmt: skip
     assert code == 0
     network, card = load_model(out / "model")  # trained channels-last, saved row-major
     assert card.training["frozen_early_blocks"] == 3
+    assert "encoder lr x0.3" in card.training["optimizer"]
     # bf16 autocast makes a Lite U-Net's CPU step 1.5x slower, even where the CPU has bf16
     assert card.training["precision"] == "fp32"
     imagenet = Lite0UNet(in_channels=3, out_channels=2, pretrained=True)
@@ -735,6 +737,30 @@ def test_freeze_early_blocks_keeps_the_imagenet_stem_and_trains_the_rest(
     assert code != 0 and not (tmp_path / "hippo").exists()
     printed = capsys.readouterr()
     assert "needs an EfficientNet-Lite U-Net" in printed.out + printed.err
+
+
+def test_encoder_lr_scale_moves_the_pretrained_encoder_less_than_the_decoder() -> None:
+    from medlens.models.lite_unet import Lite0UNet
+
+    network = Lite0UNet(in_channels=3, out_channels=2, pretrained=True)
+    groups = parameter_groups(network, 0.01)
+    assert [group["lr_scale"] for group in groups] == [1.0, 0.01]
+    encoder = {id(p) for p in network.encoder_parameters()}
+    assert {id(p) for p in groups[1]["params"]} == encoder
+    assert sum(len(group["params"]) for group in groups) == len(list(network.parameters()))
+    for group in groups:
+        group["lr"] = 0.01 * group["lr_scale"]  # what the training loop sets each step
+    optimizer = torch.optim.AdamW(groups, lr=0.01, weight_decay=0.0)
+    before = [p.detach().clone() for p in network.parameters()]
+    network(torch.randn(2, 3, 64, 64)).square().mean().backward()
+    optimizer.step()
+    pairs = zip(network.parameters(), before, strict=True)
+    moved = {id(p): (p - b).abs().max().item() for p, b in pairs}
+    # Adam's first step moves each weight by about its group's learning rate
+    assert max(moved[i] for i in encoder) <= 0.0001 * 1.01
+    assert max(v for i, v in moved.items() if i not in encoder) >= 0.009
+    with pytest.raises(MedlensError, match="above 0"):
+        parameter_groups(network, 0.0)
 
 
 class _ThresholdNetwork(torch.nn.Module):

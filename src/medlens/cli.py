@@ -455,6 +455,13 @@ def train_seg(
             "about 1.3x faster per CPU iteration)."
         ),
     ] = 0,
+    encoder_lr_scale: Annotated[
+        float,
+        typer.Option(
+            help="The encoder's learning rate as a fraction of --lr (e.g. 0.3: a pretrained "
+            "encoder moves less than the new decoder)."
+        ),
+    ] = 1.0,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.pt.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[
@@ -578,6 +585,7 @@ def train_seg(
         init=init,
         freeze_encoder_epochs=freeze_encoder_epochs,
         freeze_early_blocks=freeze_early_blocks,
+        encoder_lr_scale=encoder_lr_scale,
         resume=resume,
         device=device,
         amp=amp,

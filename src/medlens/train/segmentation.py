@@ -97,6 +97,10 @@ class TrainConfig:
     #: ImageNet (or --init) weights for the whole run; 3 freezes stride 2-4 and makes a CPU
     #: iteration about 1.3x faster (no backward at the highest resolutions)
     freeze_early_blocks: int = 0
+    #: the encoder's learning rate as a fraction of ``learning_rate`` (discriminative fine-
+    #: tuning, as in ULMFiT): below 1 an ImageNet or --init encoder moves less than the new
+    #: decoder and head
+    encoder_lr_scale: float = 1.0
     resume: bool = False
     device: str = "auto"
     amp: bool = True
@@ -567,6 +571,27 @@ def encoder_parameters(network: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for part in parts for p in part.parameters()]
 
 
+def parameter_groups(network: torch.nn.Module, encoder_lr_scale: float) -> list[dict]:
+    """Optimizer groups: decoder and head first (the logged learning rate), then the encoder.
+
+    Each group carries ``lr_scale``, its learning rate as a fraction of the schedule's.
+    """
+    if not encoder_lr_scale > 0:
+        raise MedlensError(
+            f"--encoder-lr-scale must be above 0, got {encoder_lr_scale}",
+            hint="use --freeze-encoder-epochs to hold the encoder fixed",
+        )
+    if encoder_lr_scale == 1.0:
+        return [{"params": list(network.parameters()), "lr_scale": 1.0}]
+    encoder_ids = {id(parameter) for parameter in encoder_parameters(network)}
+    rest = [p for p in network.parameters() if id(p) not in encoder_ids]
+    encoder = [p for p in network.parameters() if id(p) in encoder_ids]
+    return [
+        {"params": rest, "lr_scale": 1.0},
+        {"params": encoder, "lr_scale": encoder_lr_scale},
+    ]
+
+
 def initialise_from(network: torch.nn.Module, model: str) -> tuple[int, int]:
     """Copy every tensor of a shipped model whose name and shape match (transfer learning).
 
@@ -906,7 +931,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         if is_main:
             print(f"initialised {copied} of {total} tensors from model '{config.init}'")
     optimizer = torch.optim.AdamW(
-        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        parameter_groups(network, config.encoder_lr_scale),
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
     )
     loss_function = segmentation_loss(config.loss)
     # The predictor's rule: bf16 autocast on the CPU only for DynUNets; it makes a 2D Lite
@@ -1083,7 +1110,12 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 "iterations_planned": config.iterations,
                 "batch_size": plan.batch_size,
                 "optimizer": f"AdamW lr {config.learning_rate} wd {config.weight_decay}, "
-                f"warm-up {config.warmup} + cosine",
+                + (
+                    f"encoder lr x{config.encoder_lr_scale}, "
+                    if config.encoder_lr_scale != 1.0
+                    else ""
+                )
+                + f"warm-up {config.warmup} + cosine",
                 "loss": LOSS_DESCRIPTIONS[config.loss],
                 "precision": "bf16 autocast"
                 if amp and device.type == "cpu"
@@ -1166,7 +1198,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     parameter.requires_grad_(False)
                 frozen = False
             for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(step, config, elapsed())
+                # a checkpoint from before encoder_lr_scale has one group without "lr_scale"
+                group["lr"] = _learning_rate(step, config, elapsed()) * group.get("lr_scale", 1.0)
             if dp_batches is not None:
                 images, labels = next(dp_batches)
             else:
