@@ -1197,9 +1197,11 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                 for parameter in always_frozen:
                     parameter.requires_grad_(False)
                 frozen = False
+            # one schedule value per step for every group (it reads the clock under --minutes)
+            learning_rate = _learning_rate(step, config, elapsed())
             for group in optimizer.param_groups:
                 # a checkpoint from before encoder_lr_scale has one group without "lr_scale"
-                group["lr"] = _learning_rate(step, config, elapsed()) * group.get("lr_scale", 1.0)
+                group["lr"] = learning_rate * group.get("lr_scale", 1.0)
             if dp_batches is not None:
                 images, labels = next(dp_batches)
             else:
