@@ -59,3 +59,23 @@ def test_missing_weights_package_is_named(monkeypatch: pytest.MonkeyPatch) -> No
 def test_unknown_variant_is_refused() -> None:
     with pytest.raises(ValueError, match="variant"):
         LiteEncoder(3, variant=4)
+
+
+def test_drop_path_skips_residual_branches_in_training_only() -> None:
+    plain = LiteEncoder(3, variant=0)
+    dropping = LiteEncoder(3, variant=0, drop_path_rate=0.2)
+    # stochastic depth adds no weights: the wheels' names still fill the encoder
+    assert dropping.state_dict().keys() == plain.state_dict().keys()
+    dropping.load_state_dict(plain.state_dict())
+    rates = [float(getattr(block.drop_path, "drop_prob", 0.0)) for block in dropping._blocks]
+    residual = [rate for rate, block in zip(rates, dropping._blocks, strict=True) if block.residual]
+    assert residual == sorted(residual) and 0 < residual[0] < residual[-1] < 0.2  # rises by depth
+    assert all(rate == 0 for rate, b in zip(rates, dropping._blocks, strict=True) if not b.residual)
+    frames = torch.rand(8, 3, 64, 64)
+    plain.eval(), dropping.eval()
+    with torch.no_grad():
+        for ours, reference in zip(dropping(frames), plain(frames), strict=True):
+            assert torch.equal(ours, reference)  # evaluation: no branch is dropped
+        dropping.train()
+        first, second = dropping(frames)[-1], dropping(frames)[-1]
+    assert not torch.equal(first, second)  # training: each pass drops other branches

@@ -412,6 +412,13 @@ def train_seg(
         typer.Option(help="Wall-clock budget: the cosine schedule spans it, training stops then."),
     ] = None,
     lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 3e-3,
+    weight_decay: Annotated[
+        float,
+        typer.Option(
+            help="AdamW (decoupled) weight decay; nnU-Net's 3e-5 by default, e.g. 0.05 to "
+            "hold back over-fitting on small 2D sets."
+        ),
+    ] = 3e-5,
     warmup: Annotated[int, typer.Option(help="Linear warm-up iterations.")] = 100,
     batch_size: Annotated[int | None, typer.Option(help="Override the planned batch.")] = None,
     filters: Annotated[int | None, typer.Option(help="Base filters (planned: 16).")] = None,
@@ -462,6 +469,13 @@ def train_seg(
             "encoder moves less than the new decoder)."
         ),
     ] = 1.0,
+    drop_path: Annotated[
+        float,
+        typer.Option(
+            help="Lite U-Nets: stochastic depth in the encoder, rising over its blocks to this "
+            "rate (e.g. 0.2, EfficientNet's); training only."
+        ),
+    ] = 0.0,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.pt.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[
@@ -569,6 +583,7 @@ def train_seg(
         iterations=iterations,
         minutes=minutes,
         learning_rate=lr,
+        weight_decay=weight_decay,
         warmup=warmup,
         batch_size=batch_size,
         base_filters=filters,
@@ -586,6 +601,7 @@ def train_seg(
         freeze_encoder_epochs=freeze_encoder_epochs,
         freeze_early_blocks=freeze_early_blocks,
         encoder_lr_scale=encoder_lr_scale,
+        drop_path_rate=drop_path,
         resume=resume,
         device=device,
         amp=amp,

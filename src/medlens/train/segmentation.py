@@ -101,6 +101,9 @@ class TrainConfig:
     #: tuning, as in ULMFiT): below 1 an ImageNet or --init encoder moves less than the new
     #: decoder and head
     encoder_lr_scale: float = 1.0
+    #: Lite U-Nets: stochastic depth in the encoder, rising linearly over its blocks to this
+    #: rate (EfficientNet trained with 0.2); a regulariser, training only
+    drop_path_rate: float = 0.0
     resume: bool = False
     device: str = "auto"
     amp: bool = True
@@ -727,6 +730,16 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         raise MedlensError(f"--dist-backend {config.dist_backend}: use auto, nccl or gloo")
     if config.loss not in LOSS_DESCRIPTIONS:
         raise MedlensError(f"--loss {config.loss}: use {' or '.join(LOSS_DESCRIPTIONS)}")
+    if not 0 <= config.weight_decay < 1:
+        raise MedlensError(
+            f"--weight-decay must be in [0, 1), got {config.weight_decay:g}",
+            hint="e.g. 3e-5 (nnU-Net, the default) or 0.05",
+        )
+    if not 0 <= config.drop_path_rate < 1:
+        raise MedlensError(
+            f"--drop-path must be in [0, 1), got {config.drop_path_rate:g}",
+            hint="e.g. 0.2 (EfficientNet's rate)",
+        )
     if not 0 <= config.rotation_degrees <= 180:
         raise MedlensError(
             f"--rotation-degrees must be 0-180, got {config.rotation_degrees:g}",
@@ -880,7 +893,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         batch_sizes_px = multi_scale_sizes(plan.patch_size, plan.size_divisor(), config.multi_scale)
     # refuse now, not at the first save minutes into training (the card's weights must ship)
     check_weights_size(
-        weights_bytes(plan.build_network()),
+        # also refuses --drop-path for a network without a Lite encoder
+        weights_bytes(plan.build_network(drop_path_rate=config.drop_path_rate)),
         what=f"the planned {plan.network}",
         hint="use a smaller --filters or --network",
     )
@@ -924,7 +938,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         else torch.contiguous_format
     )
     network = plan.build_network(
-        pretrained=config.pretrained and resume_state is None and not config.init
+        pretrained=config.pretrained and resume_state is None and not config.init,
+        drop_path_rate=config.drop_path_rate,
     ).to(device, memory_format=memory_format)
     if config.init and resume_state is None:
         copied, total = initialise_from(network, config.init)
@@ -1115,7 +1130,12 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     if config.encoder_lr_scale != 1.0
                     else ""
                 )
-                + f"warm-up {config.warmup} + cosine",
+                + f"warm-up {config.warmup} + cosine"
+                + (
+                    f", encoder drop path up to {config.drop_path_rate:g}"
+                    if config.drop_path_rate
+                    else ""
+                ),
                 "loss": LOSS_DESCRIPTIONS[config.loss],
                 "precision": "bf16 autocast"
                 if amp and device.type == "cpu"
