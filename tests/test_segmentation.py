@@ -601,17 +601,23 @@ def test_multi_scale_draws_stride_multiples_and_resizes_image_and_label_together
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "in_card", "bad_value", "error"),
+    ("option", "value", "card_entry", "in_card", "bad_value", "error"),
     [
-        ("--multi-scale", "0.5,1.5", "multi-scale: each batch at one of 32x32, 64x64, 96x96",
+        ("--multi-scale", "0.5,1.5", "augmentation",
+         "multi-scale: each batch at one of 32x32, 64x64, 96x96",
          "1.25,0.75", "0 < LOW <= 1 <= HIGH, got '1.25,0.75'"),
-        ("--rotation-degrees", "180", "rotation (+-180 degrees)",
+        ("--rotation-degrees", "180", "augmentation", "rotation (+-180 degrees)",
          "-5", "--rotation-degrees must be 0-180, got -5"),
+        ("--weight-decay", "0.05", "optimizer", " wd 0.05,",
+         "-0.1", "--weight-decay must be in [0, 1), got -0.1"),
+        ("--drop-path", "0.05", "optimizer", "encoder drop path up to 0.05",
+         "1.5", "--drop-path must be in [0, 1), got 1.5"),
     ],
 )  # fmt: skip
-def test_augmentation_options_are_named_in_the_card_and_bad_values_are_refused(
+def test_training_options_are_named_in_the_card_and_bad_values_are_refused(
     option: str,
     value: str,
+    card_entry: str,
     in_card: str,
     bad_value: str,
     error: str,
@@ -625,30 +631,12 @@ def test_augmentation_options_are_named_in_the_card_and_bad_values_are_refused(
     )  # fmt: skip
     assert code == 0
     card = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
-    assert in_card in card["training"]["augmentation"]
+    assert in_card in card["training"][card_entry]
+    network, _ = load_model(tmp_path / "run" / "model")  # training-only layers are not shipped
+    assert not any(type(module).__name__ == "DropPath" for module in network.modules())
     code = train(examples / "kvasir", tmp_path / "bad", option, bad_value)
     assert code != 0
     assert error in capsys.readouterr().err
-    assert not (tmp_path / "bad").exists()
-
-
-def test_weight_decay_reaches_the_optimizer_and_the_card(
-    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "run"
-    code = train(
-        examples / "kvasir", out, "--iterations", "2", "--batch-size", "2", "--labels",
-        "1=polyp", "--frame-size", "64x64", "--no-pretrained", "--weight-decay", "0.05",
-    )  # fmt: skip
-    assert code == 0
-    checkpoint = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
-    groups = checkpoint["optimizer"]["param_groups"]
-    assert [group["weight_decay"] for group in groups] == [0.05]
-    card = json.loads((out / "model" / "model.json").read_text())
-    assert " wd 0.05," in card["training"]["optimizer"]
-    code = train(examples / "kvasir", tmp_path / "bad", "--weight-decay", "-0.1")
-    assert code != 0
-    assert "--weight-decay must be in [0, 1), got -0.1" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 
@@ -659,6 +647,7 @@ def test_weight_decay_reaches_the_optimizer_and_the_card(
          "--multi-scale is for 2D frames, and this plan is 3D"),
         ("kvasir", ["--augment", "medlens", "--rotation-degrees", "90"],
          "--augment medlens has its own"),
+        ("hippocampus", ["--drop-path", "0.2"], "--drop-path is for the Lite U-Nets' encoders"),
     ],
 )  # fmt: skip
 def test_augmentation_options_that_do_not_apply_are_refused(
@@ -864,26 +853,3 @@ def test_quantize_adds_a_verified_int8_graph_that_predict_runs_on_the_cpu(
     assert run_cli(["quantize", "hippocampus"]) == 2
     assert run_cli(["quantize", "kidney-stones"]) == 2  # a detector, not a segmenter
     assert run_cli(["quantize", str(model), "--frames", "0", "--overwrite"]) == 2
-
-
-def test_drop_path_is_named_in_the_card_and_refused_without_a_lite_encoder(
-    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "run"
-    code = train(
-        examples / "kvasir", out, "--iterations", "2", "--batch-size", "2", "--labels",
-        "1=polyp", "--frame-size", "64x64", "--no-pretrained", "--drop-path", "0.2",
-    )  # fmt: skip
-    assert code == 0
-    card = json.loads((out / "model" / "model.json").read_text())
-    assert card["training"]["optimizer"].endswith("encoder drop path up to 0.2")
-    network, _ = load_model(out / "model")  # the card builds the network without it
-    assert not any(type(m).__name__ == "DropPath" for m in network.modules())
-    code = train(examples / "hippocampus", tmp_path / "dyn", "--drop-path", "0.2")
-    assert code != 0
-    assert "--drop-path is for the Lite U-Nets' encoders" in capsys.readouterr().err
-    assert not (tmp_path / "dyn").exists()
-    code = train(examples / "kvasir", tmp_path / "bad", "--drop-path", "1.5")
-    assert code != 0
-    assert "--drop-path must be in [0, 1), got 1.5" in capsys.readouterr().err
-    assert not (tmp_path / "bad").exists()
