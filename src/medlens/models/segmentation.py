@@ -129,13 +129,8 @@ class SegmentationPlan:
         params = dict(architecture["params"])
         if self.network in LITE_UNETS:
             params["pretrained"] = pretrained
+        if drop_path_rate:  # only the Lite U-Nets take it; others refuse the keyword
             params["drop_path_rate"] = drop_path_rate
-        elif drop_path_rate:
-            raise MedlensError(
-                f"--drop-path is for the Lite U-Nets' encoders, and this plan's network is "
-                f"{self.network}",
-                hint="leave out --drop-path, or train with --network Lite0UNet",
-            )
         return ARCHITECTURES[architecture["name"]](**params)
 
     def to_dict(self) -> dict[str, Any]:

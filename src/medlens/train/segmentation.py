@@ -883,6 +883,12 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             f"--freeze-early-blocks needs an EfficientNet-Lite U-Net, not {plan.network}",
             hint="use --network Lite0UNet (2D) or leave --freeze-early-blocks at 0",
         )
+    if config.drop_path_rate and plan.network not in LITE_UNETS:
+        raise MedlensError(
+            f"--drop-path is for the Lite U-Nets' encoders, and this plan's network is "
+            f"{plan.network}",
+            hint="leave out --drop-path, or train with --network Lite0UNet",
+        )
     batch_sizes_px = None  # multi-scale training: the sizes a batch is drawn at
     if config.multi_scale is not None:
         if plan.dims != 2:
@@ -893,8 +899,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         batch_sizes_px = multi_scale_sizes(plan.patch_size, plan.size_divisor(), config.multi_scale)
     # refuse now, not at the first save minutes into training (the card's weights must ship)
     check_weights_size(
-        # also refuses --drop-path for a network without a Lite encoder
-        weights_bytes(plan.build_network(drop_path_rate=config.drop_path_rate)),
+        weights_bytes(plan.build_network()),
         what=f"the planned {plan.network}",
         hint="use a smaller --filters or --network",
     )
