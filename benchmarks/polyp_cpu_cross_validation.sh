@@ -12,9 +12,10 @@
 set -euo pipefail
 DATA=${1:-../shared/data/kvasir-seg}
 OUT=${2:-runs/cv}
-# the shipped polyp card's bundled demo frames, always validation cases
+# the shipped polyp card's bundled demo frames, validation in every fold (stage 2 takes
+# stage 1's split.json, which holds them)
 VAL=cju0qkwl35piu0993l0dewei2,cju0qoxqj9q6s0835b43399p4,cju0roawvklrq0799vmjorwfv,cju0rx1idathl0835detmsp84
-COMMON=(--batch-size 8 --val-cases "$VAL" --freeze-early-blocks 3 --device cpu --threads 2
+COMMON=(--batch-size 8 --freeze-early-blocks 3 --device cpu --threads 2
   --checkpoint-minutes 5 --labels 1=polyp --network Lite0UNet --mirror-axes 0,1 --camera-augment)
 for FOLD in ${FOLDS:-1 2 3 4 0}; do
   S1=$OUT$FOLD-s1
@@ -24,7 +25,7 @@ for FOLD in ${FOLDS:-1 2 3 4 0}; do
     if [[ -f $S1/checkpoint.pt ]]; then RESUME=(--resume); fi
     date -u +"fold $FOLD stage 1 start %FT%TZ"
     python3 -m medlens train seg "$DATA" --out "$S1" --fold "$FOLD" --iterations 6428 --lr 0.001 \
-      --frame-size 256x256 --val-every 500 --ema-decay 0.999 "${COMMON[@]}" "${RESUME[@]}"
+      --frame-size 256x256 --val-every 500 --ema-decay 0.999 --val-cases "$VAL" "${COMMON[@]}" "${RESUME[@]}"
     touch "$S1/DONE"
   fi
   if [[ ! -f $S2/DONE ]]; then
