@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from paired_dice import per_frame_dice
+from paired_dice import per_frame_dice, validation_cases
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     from medlens.data.segmentation import find_cases
     from medlens.evaluate.stats import bootstrap_ci
 
-    by_id = {c.case_id: c for c in find_cases(args.data)}
+    all_cases = find_cases(args.data)
     per_frame: dict[str, list[float]] = {}
     rows = []
     for model in args.models:
@@ -47,13 +47,7 @@ def main() -> None:
         if not split_path.is_file():
             raise SystemExit(f"{model}: no split.json in {model.parent}; pass a run's model folder")
         split = json.loads(split_path.read_text())
-        missing = [v for v in split["val"] if v not in by_id]
-        if missing:
-            raise SystemExit(
-                f"{len(missing)} validation frames of {split_path} are not in {args.data}: "
-                f"{missing[:3]}"
-            )
-        cases = [by_id[v] for v in split["val"]]
+        cases = validation_cases(all_cases, split["val"], data=args.data)
         scores = per_frame_dice(model, cases, tta=False)
         for case, score in zip(cases, scores, strict=True):
             per_frame.setdefault(case.case_id, []).append(float(score))

@@ -51,6 +51,15 @@ def per_frame_dice(model: Path, cases: list, *, tta: bool, batch_size: int = 8) 
     return np.asarray(scores)
 
 
+def validation_cases(cases: list, val_ids: list[str], *, data: Path) -> list:
+    """The cases named by ``val_ids``, in that order; exits naming any not in ``data``."""
+    by_id = {c.case_id: c for c in cases}
+    missing = [v for v in val_ids if v not in by_id]
+    if missing:
+        raise SystemExit(f"{len(missing)} validation frames are not in {data}: {missing[:3]}")
+    return [by_id[v] for v in val_ids]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", type=Path, help="images/ + masks/ folder (or MSD layout)")
@@ -68,11 +77,7 @@ def main() -> None:
         val = json.loads(args.split.read_text())["val"]
     else:
         val = json.loads((args.models[0] / "model.json").read_text())["training"]["split"]["val"]
-    by_id = {c.case_id: c for c in find_cases(args.data)}
-    missing = [v for v in val if v not in by_id]
-    if missing:
-        raise SystemExit(f"{len(missing)} validation frames are not in {args.data}: {missing[:3]}")
-    cases = [by_id[v] for v in val]
+    cases = validation_cases(find_cases(args.data), val, data=args.data)
     scores = [per_frame_dice(m, cases, tta=args.tta) for m in args.models]
 
     print(f"{len(cases)} validation frames, {'with' if args.tta else 'without'} mirror TTA\n")
