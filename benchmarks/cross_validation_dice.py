@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("data", type=Path, help="images/ + masks/ folder (or MSD layout)")
     parser.add_argument("models", type=Path, nargs="+", help="one model folder per fold")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--per-frame-csv", type=Path, help="also write fold, frame and Dice per row (CSV)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -42,6 +45,7 @@ def main() -> None:
     all_cases = find_cases(args.data)
     per_frame: dict[str, list[float]] = {}
     rows = []
+    frame_rows = ["fold,frame,dice"]
     for model in args.models:
         split_path = model.parent / "split.json"
         if not split_path.is_file():
@@ -51,6 +55,7 @@ def main() -> None:
         scores = per_frame_dice(model, cases, tta=False)
         for case, score in zip(cases, scores, strict=True):
             per_frame.setdefault(case.case_id, []).append(float(score))
+            frame_rows.append(f"{split.get('fold')},{case.case_id},{score:.6f}")
         low, high = bootstrap_ci(scores)
         rows.append((model, split.get("fold"), len(cases), np.nanmean(scores), low, high,
                      int((scores < 0.5).sum())))  # fmt: skip
@@ -67,6 +72,8 @@ def main() -> None:
         f"frames: {np.nanmean(pooled):.4f} [{low:.3f}, {high:.3f}], "
         f"{int((pooled < 0.5).sum())} below 0.5."
     )
+    if args.per_frame_csv:
+        args.per_frame_csv.write_text("\n".join(frame_rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@
 #                                           # CPU polyp recipe side by side (see the mode)
 #   bash benchmarks/gpu_session.sh hippo-seeds   # the 2-hour CPU hippocampus recipe replayed
 #                                           # with four seeds on the card's split
+#   bash benchmarks/gpu_session.sh polyp-cv  # the pinned CPU polyp recipe's 5-fold
+#                                           # cross-validation, folds side by side; call it
+#                                           # again on the warm machine to wait for the rest
 #
 # Expects the data under ../shared/data (or work_data/, linked there) and writes what comes
 # back under $OUT (default runs/gpu). Training runs stop by their --minutes budget; the new
@@ -41,15 +44,17 @@
 # transfer beside the data, and no path run here calls it, so a stub that raises on any use
 # stands in for it where SimpleITK is missing.
 set -uo pipefail
-MODE=${1:?seg, hippo, hippo-seeds, detect, polyp-lite, polyp-size or polyp-stage2}
+MODE=${1:?seg, hippo, hippo-seeds, detect, polyp-lite, polyp-size, polyp-stage2 or polyp-cv}
 OUT=${OUT:-runs/gpu}
 MINUTES=${MINUTES:-6}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu MINUTES=0.3 SKIP_WHEELS=1 FORCE_SITK_STUB=1: a local dry run
 mkdir -p "$OUT" runs  # runs/ is git-ignored: absent on a fresh machine
 export PYTHONUNBUFFERED=1
 if [ -d .whl ] && [ "${SKIP_WHEELS:-0}" != 1 ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
+  if [ ! -d /tmp/site/monai ]; then  # a warm machine keeps /tmp/site from the call before
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl || exit 1
+  fi
   export PYTHONPATH=/tmp/site
 fi
 if [ "${FORCE_SITK_STUB:-0}" = 1 ] || ! python3 -c "import SimpleITK" 2>/dev/null; then
@@ -74,7 +79,7 @@ python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', mona
 CUDA_TESTS="python3 -m pytest -q tests -m cuda -p no:cacheprovider --continue-on-collection-errors"
 if [ "$MODE" = polyp-size ]; then
   :  # runs its own CUDA tests beside the training runs
-elif [ "$MODE" = polyp-stage2 ] || [ "$MODE" = hippo-seeds ]; then
+elif [ "$MODE" = polyp-stage2 ] || [ "$MODE" = hippo-seeds ] || [ "$MODE" = polyp-cv ]; then
   :  # training replays only: their arms keep the machine's cores
 elif [ "${SKIP_BENCH:-0}" != 1 ] && { [ "$MODE" = hippo ] || [ "$MODE" = polyp-lite ]; }; then
   $CUDA_TESTS > runs/cuda-tests.log 2>&1 &  # beside the training runs
@@ -267,6 +272,68 @@ elif [ "$MODE" = hippo-seeds ]; then
       split.json gpu-seed-$seed.log gpu-util.log
     echo "seed $seed: $(grep -E "^iteration" $run/gpu-seed-$seed.log | tail -1)"
   done
+elif [ "$MODE" = polyp-cv ]; then
+  # benchmarks/polyp_cross_validation.sh (RECIPE=cpu, the pinned CPU recipe, or RECIPE=shipped,
+  # the shipped model's lineage) at its own iteration counts, fp16 AMP, one process per fold
+  # side by side. Each starts in a session of its own, so that it outlives this call (10
+  # minutes at most) and a second call on the warm machine can wait for the rest; WAIT_SECONDS
+  # caps this call's wait. The folds done by then are scored on their own validation frames
+  # (the last weights of both stages, CPU predictor in float32) and come back with their logs.
+  # On the H200 (2026-12-04) RECIPE=cpu with five folds side by side ran 11.6 iterations/s
+  # each at 256 (stage 1 in about 560 s) and stage 2 in about 110 s: about 12 minutes, so two
+  # calls. The first carries work_data and .whl (timeout_s 570, WAIT_SECONDS=450); the second,
+  # at once (the machine goes back after 30 idle seconds), carries nothing: a carried folder
+  # is replaced there, and a stage starting meanwhile finds no frames. RECIPE=shipped has
+  # batches of 16 and 1161 stage-2 iterations: expect about 14 minutes for five folds, too
+  # much for one session's 15 device minutes with the start; run FOLDS="1 2 3 4".
+  folds=${FOLDS:-1 2 3 4 0}
+  for fold in $folds; do
+    if [ ! -f runs/gpu-cv$fold.started ]; then
+      touch runs/gpu-cv$fold.started
+      FOLDS=$fold THREADS=${THREADS:-3} DEVICE=$DEVICE setsid nohup bash \
+        benchmarks/polyp_cross_validation.sh ../shared/data/kvasir-seg runs/gpu-cv \
+        > runs/gpu-cv$fold.log 2>&1 < /dev/null &
+    fi
+  done
+  wait_seconds=${WAIT_SECONDS:-540}
+  nvidia-smi dmon -s u -d 5 -c $((wait_seconds / 5)) >> runs/gpu-util.log 2>&1 &
+  monitor=$!
+  deadline=$((SECONDS + wait_seconds))
+  while [ $SECONDS -lt $deadline ]; do
+    left=0
+    for fold in $folds; do [ -f runs/gpu-cv$fold-s2/DONE ] || left=$((left + 1)); done
+    [ $left = 0 ] && break
+    sleep 10
+  done
+  kill "$monitor" 2>/dev/null
+  stage1=() stage2=()
+  for fold in $folds; do
+    echo "fold $fold: $(tail -1 runs/gpu-cv$fold.log)"
+    for stage in s1 s2; do
+      echo "  $stage: $(awk -F, 'NR > 1 && $5 != "" {row = $1 " val " $5} END {print row}' \
+        runs/gpu-cv$fold-$stage/log.csv 2>/dev/null)"
+    done
+    [ -f runs/gpu-cv$fold-s1/DONE ] && stage1+=(runs/gpu-cv$fold-s1/last)
+    [ -f runs/gpu-cv$fold-s2/DONE ] && stage2+=(runs/gpu-cv$fold-s2/last)
+  done
+  # the two stages scored side by side, 8 threads each (a bare `wait` would also wait for the
+  # training processes, which are this shell's children too)
+  scoring=()
+  if [ ${#stage1[@]} -gt 0 ]; then
+    python3 benchmarks/cross_validation_dice.py ../shared/data/kvasir-seg "${stage1[@]}" \
+      --threads 8 --per-frame-csv "$OUT/cv-frames-s1.csv" > "$OUT/cv-dice-s1.md" 2>&1 &
+    scoring+=($!)
+  fi
+  if [ ${#stage2[@]} -gt 0 ]; then
+    python3 benchmarks/cross_validation_dice.py ../shared/data/kvasir-seg "${stage2[@]}" \
+      --threads 8 --per-frame-csv "$OUT/cv-frames-s2.csv" > "$OUT/cv-dice-s2.md" 2>&1 &
+    scoring+=($!)
+  fi
+  [ ${#scoring[@]} -gt 0 ] && wait "${scoring[@]}"
+  cat "$OUT"/cv-dice-s*.md 2>/dev/null
+  tar -czf "$OUT/cv-logs.tar.gz" runs/gpu-cv*/log.csv runs/gpu-cv*/split.json \
+    runs/gpu-cv*/training.png runs/gpu-cv*-s2/last/model.json runs/gpu-cv*.log \
+    runs/gpu-util.log 2>/dev/null
 elif [ "$MODE" = detect ]; then
   python3 benchmarks/detection.py --devices $DEVICE --images "${DET_IMAGES:-512}" --out "$OUT/detection-gpu.md" 2>&1 | tail -8
   # two recipes from the shipped model side by side: crops as on the CPU, and whole slices
