@@ -284,8 +284,9 @@ elif [ "$MODE" = polyp-cv ]; then
   # calls. The first carries work_data and .whl (timeout_s 570, WAIT_SECONDS=450); the second,
   # at once (the machine goes back after 30 idle seconds), carries nothing: a carried folder
   # is replaced there, and a stage starting meanwhile finds no frames. RECIPE=shipped has
-  # batches of 16 and 1161 stage-2 iterations: expect about 14 minutes for five folds, too
-  # much for one session's 15 device minutes with the start; run FOLDS="1 2 3 4".
+  # batches of 16, nothing frozen and 1161 stage-2 iterations: by the throughput above (not
+  # measured) about 16 minutes for five folds, more than a session's 15 device minutes; run
+  # FOLDS="1 2 3" (about 10 minutes) and the other two in a later lease.
   folds=${FOLDS:-1 2 3 4 0}
   for fold in $folds; do
     if [ ! -f runs/gpu-cv$fold.started ]; then
