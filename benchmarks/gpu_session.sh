@@ -16,9 +16,9 @@
 #                                           # CPU polyp recipe side by side (see the mode)
 #   bash benchmarks/gpu_session.sh hippo-seeds   # the 2-hour CPU hippocampus recipe replayed
 #                                           # with four seeds on the card's split
-#   bash benchmarks/gpu_session.sh polyp-cv  # the pinned CPU polyp recipe's 5-fold
-#                                           # cross-validation, folds side by side; call it
-#                                           # again on the warm machine to wait for the rest
+#   bash benchmarks/gpu_session.sh polyp-cv  # 5-fold cross-validation of a polyp recipe
+#                                           # (RECIPE=cpu or shipped), folds side by side; call
+#                                           # it again on the warm machine to wait for the rest
 #
 # Expects the data under ../shared/data (or work_data/, linked there) and writes what comes
 # back under $OUT (default runs/gpu). Training runs stop by their --minutes budget; the new
