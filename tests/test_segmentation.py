@@ -297,6 +297,17 @@ def test_k_fold_split_and_transfer_learning(
     assert code == 0
     split = json.loads((tmp_path / "fold1" / "split.json").read_text())
     assert len(split["val"]) == 1 and len(split["train"]) == 3 and split["fold"] == 1
+    # a second stage on that split (--split) records the same fold, in split.json and the card
+    code = train(
+        examples / "hippocampus", tmp_path / "fold1-stage2", "--iterations", "1",
+        "--batch-size", "2", "--split", str(tmp_path / "fold1" / "split.json"),
+    )  # fmt: skip
+    assert code == 0
+    stage2 = tmp_path / "fold1-stage2"
+    assert json.loads((stage2 / "split.json").read_text())["fold"] == 1
+    assert (
+        json.loads((stage2 / "model" / "model.json").read_text())["training"]["split"]["fold"] == 1
+    )
 
 
 def test_split_file_fixes_the_cases_and_names_what_is_wrong(

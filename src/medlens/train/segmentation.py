@@ -144,17 +144,19 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------- split
-def read_split_file(path: Path, case_ids: list[str]) -> tuple[list[str], list[str]]:
+def read_split_file(path: Path, case_ids: list[str]) -> tuple[list[str], list[str], int | None]:
     """Train/validation ids fixed by ``path``: a run's split.json or a model card.
 
     A model card (model.json) holds the split under ``training.split``. Every id must be a case
-    of the data, and no case may be on both sides.
+    of the data, and no case may be on both sides. The third value is the split's
+    cross-validation fold where the file names one (a ``--fold`` run's), else None, so that a
+    run trained on it records the same fold.
 
     >>> import json, tempfile
     >>> path = Path(tempfile.mkdtemp()) / "split.json"
-    >>> _ = path.write_text(json.dumps({"train": ["a", "b"], "val": ["c"]}))
+    >>> _ = path.write_text(json.dumps({"train": ["a", "b"], "val": ["c"], "fold": 2}))
     >>> read_split_file(path, ["a", "b", "c", "d"])
-    (['a', 'b'], ['c'])
+    (['a', 'b'], ['c'], 2)
     """
     try:
         content = json.loads(Path(path).read_text())
@@ -186,7 +188,8 @@ def read_split_file(path: Path, case_ids: list[str]) -> tuple[list[str], list[st
         raise MedlensError(f"cases on both sides of the split: {', '.join(both[:5])}", path=path)
     if not train or not val:
         raise MedlensError("the split needs training and validation cases", path=path)
-    return train, val
+    fold = content.get("fold")
+    return train, val, fold if isinstance(fold, int) and not isinstance(fold, bool) else None
 
 
 def make_split(
@@ -815,6 +818,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     if resume_state is not None:
         plan = SegmentationPlan.from_dict(resume_state["plan"])
         train_ids, val_ids = resume_state["split"]["train"], resume_state["split"]["val"]
+        fold = resume_state["split"].get("fold", config.fold)
         fingerprint_dict = resume_state.get("fingerprint", {})
     else:
         images = [read_case_image(c.image) for c in cases]
@@ -854,8 +858,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             frame_size=config.frame_size,
         )
         fingerprint_dict = fingerprint.to_dict()
+        fold = config.fold
         if fixed_split is not None:
-            train_ids, val_ids = fixed_split
+            train_ids, val_ids, fold = fixed_split
         else:
             train_ids, val_ids = make_split(
                 [c.case_id for c in cases],
@@ -907,7 +912,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     if is_main:
         _write_json(out / "plan.json", plan.to_dict())
         _write_json(out / "fingerprint.json", fingerprint_dict)
-        split = {"train": train_ids, "val": val_ids, "seed": config.seed, "fold": config.fold}
+        split = {"train": train_ids, "val": val_ids, "seed": config.seed, "fold": fold}
         if groups is not None:
             split["similar_frame_groups"] = groups
         if resume_state is None or not (out / "split.json").is_file():
@@ -1063,7 +1068,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             "step": step,
             "best": best,
             "plan": plan.to_dict(),
-            "split": {"train": train_ids, "val": val_ids},
+            "split": {"train": train_ids, "val": val_ids, "fold": fold},
             "fingerprint": fingerprint_dict,
             "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
             "rng": rng.bit_generator.state,
@@ -1117,7 +1122,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
                     "train": train_ids,
                     "val": val_ids,
                     "seed": config.seed,
-                    "fold": config.fold,
+                    "fold": fold,
                     **(
                         {"val_near_duplicates": leaks.card_entry("frame")}
                         if leaks is not None
