@@ -283,10 +283,11 @@ elif [ "$MODE" = polyp-cv ]; then
   # each at 256 (stage 1 in about 560 s) and stage 2 in about 110 s: about 12 minutes, so two
   # calls. The first carries work_data and .whl (timeout_s 570, WAIT_SECONDS=450); the second,
   # at once (the machine goes back after 30 idle seconds), carries nothing: a carried folder
-  # is replaced there, and a stage starting meanwhile finds no frames. RECIPE=shipped has
-  # batches of 16, nothing frozen and 1161 stage-2 iterations: by the throughput above (not
-  # measured) about 16 minutes for five folds, more than a session's 15 device minutes; run
-  # FOLDS="1 2 3" (about 10 minutes) and the other two in a later lease.
+  # is replaced there, and a stage starting meanwhile finds no frames. RECIPE=shipped (batches
+  # of 16, nothing frozen, 1161 stage-2 iterations) with FOLDS="1 2 3" THREADS=5 (2026-12-04):
+  # 9.9 iterations/s each at 256 (stage 1 in about 410 s, SM 63%), stage 2 in about 110 s;
+  # the first call (WAIT_SECONDS=440) took 467 s, the second (WAIT_SECONDS=230) 184 s, with
+  # scoring: 707 s of device time with the start. Five folds would not fit one lease.
   folds=${FOLDS:-1 2 3 4 0}
   for fold in $folds; do
     if [ ! -f runs/gpu-cv$fold.started ]; then
