@@ -10,7 +10,8 @@
 #     last weights.
 # Run it alone on the machine:
 #   setsid nohup bash benchmarks/polyp_cross_validation.sh [DATA] [OUT_PREFIX] > runs/cv.log 2>&1 &
-# FOLDS (default "1 2 3 4 0") picks the folds, in order; DEVICE and THREADS (default cpu and 2)
+# FOLDS (default "1 2 3 4 0") picks the folds, in order; STAGES (default "1 2") the stages
+# ("1": stage 1 alone, which section 26 found as good); DEVICE and THREADS (default cpu and 2)
 # replay it elsewhere, as `benchmarks/gpu_session.sh polyp-cv` does. Rerun the same command to
 # continue after a stop: each stage resumes from its checkpoint (written every 5 minutes), and
 # finished stages (a DONE file in the run folder) are skipped. Then score every fold's last
@@ -38,7 +39,7 @@ esac
 for FOLD in ${FOLDS:-1 2 3 4 0}; do
   S1=$OUT$FOLD-s1
   S2=$OUT$FOLD-s2
-  if [[ ! -f $S1/DONE ]]; then
+  if [[ " ${STAGES:-1 2} " == *" 1 "* && ! -f $S1/DONE ]]; then
     RESUME=()
     if [[ -f $S1/checkpoint.pt ]]; then RESUME=(--resume); fi
     date -u +"fold $FOLD stage 1 start %FT%TZ"
@@ -47,7 +48,7 @@ for FOLD in ${FOLDS:-1 2 3 4 0}; do
       "${RESUME[@]}"
     touch "$S1/DONE"
   fi
-  if [[ ! -f $S2/DONE ]]; then
+  if [[ " ${STAGES:-1 2} " == *" 2 "* && ! -f $S2/DONE ]]; then
     RESUME=()
     if [[ -f $S2/checkpoint.pt ]]; then RESUME=(--resume); fi
     date -u +"fold $FOLD stage 2 start %FT%TZ"

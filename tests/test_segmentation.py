@@ -369,6 +369,69 @@ def test_predict_png_frames_keep_their_size_and_names(
     assert run_cli([*args, "--overwrite"]) == 0
 
 
+def test_predict_averages_an_ensemble_of_models_trained_with_one_plan(
+    polyp_run: Path, hippocampus_run: Path, examples: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Several models joined by commas (e.g. the folds of a cross-validation) are one
+    ensemble: their probabilities are averaged; models of different plans are refused."""
+    other = tmp_path / "seed1"
+    code = train(
+        examples / "kvasir", other, "--iterations", "2", "--batch-size", "2", "--labels",
+        "1=polyp", "--seed", "1",
+    )  # fmt: skip
+    assert code == 0
+    frames = examples / "kvasir" / "images"
+    first, second = str(polyp_run / "model"), str(other / "model")
+    assert run_cli(["predict", first, str(frames), str(tmp_path / "alone")]) == 0
+    twice = ["predict", f"{first},{first}", str(frames), str(tmp_path / "twice")]
+    assert run_cli(twice) == 0
+    for mask in (tmp_path / "alone").iterdir():  # a model averaged with itself is itself
+        assert np.array_equal(
+            read_image(mask).numpy(), read_image(tmp_path / "twice" / mask.name).numpy()
+        )
+    both = ["predict", f"{first},{second}", str(frames), str(tmp_path / "both")]
+    assert run_cli([*both, "--html", str(tmp_path / "both.html")]) == 0
+    assert len(list((tmp_path / "both").iterdir())) == len(list(frames.iterdir()))
+    assert "ensemble of 2" in (tmp_path / "both.html").read_text()
+
+    capsys.readouterr()
+    mixed = f"{first},{hippocampus_run / 'model'}"
+    assert run_cli(["predict", mixed, str(frames), str(tmp_path / "mixed")]) == 2
+    error = capsys.readouterr().err
+    assert "differ in their plan's dims" in error and "--fold" in error
+    assert not (tmp_path / "mixed").exists()
+
+
+def test_ensemble_members_see_every_window_and_their_probabilities_are_averaged() -> None:
+    from medlens.infer.segmentation import sliding_window_logits
+
+    plan = SegmentationPlan(
+        dims=2, in_channels=1, labels={0: "background", 1: "polyp"}, patch_size=[32, 32],
+        batch_size=2, spacing_mm=None, normalisation={}, filters=[4, 8],
+        kernel_size=[[3, 3]] * 2, strides=[[1, 1], [2, 2]], mirror_axes=[0, 1],
+    )  # fmt: skip
+    calls: list[str] = []
+
+    def constant(name: str, polyp_logit: float):  # noqa: ANN202
+        def network(batch: torch.Tensor) -> torch.Tensor:
+            calls.append(name)
+            logits = torch.zeros(batch.shape[0], 2, *batch.shape[2:])
+            logits[:, 1] = polyp_logit
+            return logits
+
+        return network
+
+    members = [constant("a", 2.0), constant("b", -1.0)]
+    probabilities = sliding_window_logits(members, torch.zeros(1, 32, 32), plan)
+    expected = (torch.sigmoid(torch.tensor(2.0)) + torch.sigmoid(torch.tensor(-1.0))) / 2
+    assert torch.allclose(probabilities[1], expected.expand(32, 32), atol=1e-6)
+    assert calls == ["a", "b"]
+    calls.clear()
+    sliding_window_logits(members, torch.zeros(1, 32, 32), plan, tta=True)
+    assert sorted(calls) == ["a"] * 4 + ["b"] * 4  # each member, each of the 4 mirrorings
+
+
 def test_plan_error_leaves_no_run_folder_behind(examples: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     code = train(examples / "hippocampus", out, "--frame-size", "64x64", "--iterations", "1")

@@ -1061,7 +1061,13 @@ def preprocess(
 # --------------------------------------------------------------------------- predict (segmentation)
 @app.command()
 def predict(
-    model: Annotated[str, typer.Argument(help="Model name (models/NAME) or model folder.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Model name (models/NAME) or model folder; several joined by commas are an "
+            "ensemble (probabilities averaged), e.g. the five folds of a cross-validation."
+        ),
+    ],
     source: Annotated[
         Path, typer.Argument(help="Image file, folder of images, or DICOM series folder.")
     ],
@@ -1101,7 +1107,8 @@ def predict(
     """Segment images with a trained model; outputs lie on the input grid.
 
     Examples: ``medlens predict hippocampus examples/dicom/hippocampus-study1 seg.dcm
-    --also seg.nii.gz --html seg.html``; ``medlens predict polyp frames/ masks/``.
+    --also seg.nii.gz --html seg.html``; ``medlens predict polyp frames/ masks/``;
+    ``medlens predict runs/f0/model,runs/f1/model,runs/f2/model frames/ masks/`` (ensemble).
     """
     from medlens.infer.predict import predict_paths
 

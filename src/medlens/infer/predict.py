@@ -95,6 +95,57 @@ def load_segmenter(
     return network, plan, card
 
 
+#: plan fields an ensemble's members must share: they see the same network array and windows
+_SHARED_PLAN_FIELDS = ("dims", "in_channels", "labels", "spacing_mm", "normalisation",
+                       "frame_size", "patch_size")  # fmt: skip
+
+
+def load_segmenters(
+    models: Sequence[str | Path],
+    *,
+    device: str = "cpu",
+    engine: str = "auto",
+    cache_dir: str | Path | None = None,
+) -> tuple[list[torch.nn.Module], SegmentationPlan, list[object]]:
+    """:func:`load_segmenter` for each of ``models``: an ensemble whose probabilities
+    ``medlens predict`` averages (nnU-Net predicts with all folds of a cross-validation).
+
+    The members must share the preprocessing and windows of one plan (same labels, spacing,
+    normalisation, frame and patch size; the architecture may differ); the first member's plan
+    decides TTA and post-processing.
+    """
+    if not models:
+        raise MedlensError("no model given", hint="name a model, or several joined by commas")
+    networks, cards = [], []
+    plan: SegmentationPlan | None = None
+    for model in models:
+        network, member_plan, card = load_segmenter(
+            model, device=device, engine=engine, cache_dir=cache_dir
+        )
+        if plan is None:
+            plan = member_plan
+        else:
+            for field in _SHARED_PLAN_FIELDS:
+                first, other = getattr(plan, field), getattr(member_plan, field)
+                if first != other:
+                    raise MedlensError(
+                        f"models '{models[0]}' and '{model}' differ in their plan's {field} "
+                        f"({first} against {other}); an ensemble averages one set of windows",
+                        hint="ensemble models trained with one plan, e.g. the folds of "
+                        "`medlens train seg --fold K` on one dataset",
+                    )
+            if plan.size_divisor() != member_plan.size_divisor():
+                raise MedlensError(
+                    f"models '{models[0]}' and '{model}' need inputs divisible by "
+                    f"{plan.size_divisor()} and {member_plan.size_divisor()}",
+                    hint="ensemble networks of one depth (the folds of one plan)",
+                )
+        networks.append(network)
+        cards.append(card)
+    assert plan is not None
+    return networks, plan, cards
+
+
 def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(_FILE_SUFFIXES)
 
@@ -204,7 +255,7 @@ def _write(
 
 
 def predict_paths(
-    model: str | Path,
+    model: str | Path | Sequence[str | Path],
     source: str | Path,
     output: str | Path,
     *,
@@ -222,6 +273,8 @@ def predict_paths(
 ) -> list[Path]:
     """Segment every input and write the label maps; returns the written paths.
 
+    ``model``: a model name or folder, or several (a list, or one string joined by commas):
+    an ensemble whose softmax probabilities are averaged (:func:`load_segmenters`).
     ``tta``: average over the plan's mirrorings; ``None`` follows the plan's
     ``test_time_mirroring``. ``tta_axes``: the mirrored axes (default: the plan's
     ``test_time_mirror_axes``); only axes the network was trained mirrored are allowed.
@@ -231,7 +284,11 @@ def predict_paths(
     """
     from rich.progress import Progress
 
-    network, plan, card = load_segmenter(model, device=device, engine=engine)
+    if isinstance(model, str):
+        models: list[str | Path] = [name.strip() for name in model.split(",") if name.strip()]
+    else:
+        models = [model] if isinstance(model, Path) else list(model)
+    networks, plan, cards = load_segmenters(models, device=device, engine=engine)
     if tta is None:  # the plan decides (nnU-Net mirrors by default)
         tta = plan.test_time_mirroring
     if tta_axes is not None:
@@ -250,7 +307,10 @@ def predict_paths(
         from medlens.infer.overlay import OverlayPage
 
         html = prepare_output(Path(html), overwrite=overwrite)
-        page = OverlayPage(getattr(card, "name", str(model)), plan.labels)
+        title = str(getattr(cards[0], "name", "") or models[0])
+        if len(models) > 1:
+            title = f"ensemble of {len(models)}: " + ", ".join(map(str, models))
+        page = OverlayPage(title, plan.labels)
     written: list[Path] = []
     # one image per network call: measured on this 2-core CPU, a batch of 8 frames costs more
     # per frame than single frames (cache), see benchmarks/results/segmentation.md
@@ -261,7 +321,7 @@ def predict_paths(
             chunk = jobs[first : first + group]
             images = [_read_input(job, series) for job in chunk]
             labels = predict_images(
-                network, images, plan, device=device, tta=tta, batch_size=batch_size,
+                networks, images, plan, device=device, tta=tta, batch_size=batch_size,
                 postprocess=postprocess, paths=[job.source for job in chunk],
             )  # fmt: skip
             for offset, (job, image, label) in enumerate(zip(chunk, images, labels, strict=True)):

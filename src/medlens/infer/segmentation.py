@@ -22,6 +22,9 @@ from medlens.models.segmentation import (
     image_to_network_array,
 )
 
+#: a network's forward: normalised inputs (N, C, *spatial) -> logits (N, classes, *spatial)
+Network = Callable[[torch.Tensor], torch.Tensor]
+
 
 def _autocast(device: torch.device, enabled: bool) -> Any:
     if not enabled:
@@ -69,7 +72,7 @@ def window_size(
 
 
 def sliding_window_logits(
-    network: Callable[[torch.Tensor], torch.Tensor],
+    network: Network | Sequence[Network],
     array: torch.Tensor,
     plan: SegmentationPlan,
     *,
@@ -85,9 +88,13 @@ def sliding_window_logits(
     ``sliding_window_inference``; windows of all batch images share the network batches);
     ``tta`` averages over all mirrorings of the plan's ``test_time_mirror_axes`` (default: its
     ``mirror_axes``). An image that barely exceeds the patch is one window (:func:`window_size`).
+    Several networks (an ensemble, e.g. the folds of a cross-validation, trained with one plan)
+    each see every window and mirroring; their softmax probabilities are averaged, as nnU-Net
+    does with its folds.
     """
     from monai.inferers import sliding_window_inference
 
+    members = list(network) if isinstance(network, Sequence) else [network]
     device = array.device
     batched = array.ndim == plan.dims + 2
     inputs = array if batched else array[None]
@@ -107,12 +114,12 @@ def sliding_window_logits(
             patch = patch.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
             total = None
-            for flip in flips:
+            for member, flip in itertools.product(members, flips):
                 source = patch.flip(flip) if flip else patch
-                out = torch.softmax(network(source).float(), dim=1)
+                out = torch.softmax(member(source).float(), dim=1)
                 out = out.flip(flip) if flip else out
                 total = out if total is None else total + out
-        return total / len(flips)
+        return total / (len(members) * len(flips))
 
     with torch.inference_mode():
         probabilities = sliding_window_inference(
@@ -212,7 +219,7 @@ def _probabilities_to_label(
 
 
 def predict_image(
-    network: torch.nn.Module,
+    network: torch.nn.Module | Sequence[torch.nn.Module],
     image: Image,
     plan: SegmentationPlan,
     *,
@@ -223,7 +230,10 @@ def predict_image(
     postprocess: bool = True,
     path: Any = None,
 ) -> Image:
-    """Label map of ``image`` on its own grid (same shape, spacing, origin, direction)."""
+    """Label map of ``image`` on its own grid (same shape, spacing, origin, direction).
+
+    ``network``: one network or several trained with ``plan`` (their probabilities are averaged).
+    """
     check_input(image, plan, path=path)
     device = torch.device(device)
     array = torch.from_numpy(image_to_network_array(image, plan)).to(device)
@@ -236,7 +246,7 @@ def predict_image(
 
 
 def predict_images(
-    network: torch.nn.Module,
+    network: torch.nn.Module | Sequence[torch.nn.Module],
     images: list[Image],
     plan: SegmentationPlan,
     *,
