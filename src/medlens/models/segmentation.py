@@ -61,8 +61,9 @@ class SegmentationPlan:
     #: spatial axes mirrored in training (and so in test-time augmentation); None = all
     mirror_axes: list[int] | None = None
     #: ``medlens predict`` averages over mirrorings unless ``--no-tta`` (nnU-Net's default;
-    #: planned for 3D, where it measured +0.001 mean Dice on hippocampus, not for 2D frames,
-    #: where it measured -0.005 Dice on Kvasir)
+    #: planned for 3D, where it measured +0.001 mean Dice on hippocampus, not for 2D frames:
+    #: on Kvasir, 4 passes moved 8 models on 3 folds by -0.004 to +0.012 Dice, +0.005 for
+    #: 256x256 models, at 4x the network time the polyp frame rate cannot spare; ``--tta``)
     test_time_mirroring: bool = False
     #: the mirror axes test-time augmentation averages over (None = all of ``mirror_axes``);
     #: one axis halves the cost of the plan's two (hippocampus: 2 passes instead of 4)
