@@ -288,7 +288,12 @@ elif [ "$MODE" = polyp-cv ]; then
   # 9.9 iterations/s each at 256 (stage 1 in about 410 s, SM 63%), stage 2 in about 110 s;
   # the first call (WAIT_SECONDS=440) took 467 s, the second (WAIT_SECONDS=230) 184 s, with
   # scoring: 707 s of device time with the start. Five folds would not fit one lease.
+  # STAGES=1 trains stage 1 alone (section 26: as good); TTA=1 also scores with `--tta`;
+  # KEEP_WEIGHTS=1 brings each fold's last weights back ($OUT/gpu-cvF-sS/last, 15 MB each)
+  # so that later sessions can score them again.
   folds=${FOLDS:-1 2 3 4 0}
+  last_stage=s2
+  [[ " ${STAGES:-1 2} " == *" 2 "* ]] || last_stage=s1
   for fold in $folds; do
     if [ ! -f runs/gpu-cv$fold.started ]; then
       touch runs/gpu-cv$fold.started
@@ -303,7 +308,7 @@ elif [ "$MODE" = polyp-cv ]; then
   deadline=$((SECONDS + wait_seconds))
   while [ $SECONDS -lt $deadline ]; do
     left=0
-    for fold in $folds; do [ -f runs/gpu-cv$fold-s2/DONE ] || left=$((left + 1)); done
+    for fold in $folds; do [ -f runs/gpu-cv$fold-$last_stage/DONE ] || left=$((left + 1)); done
     [ $left = 0 ] && break
     sleep 10
   done
@@ -331,8 +336,26 @@ elif [ "$MODE" = polyp-cv ]; then
       --threads 8 --per-frame-csv "$OUT/cv-frames-s2.csv" > "$OUT/cv-dice-s2.md" 2>&1 &
     scoring+=($!)
   fi
+  if [ "${TTA:-0}" = 1 ]; then
+    for stage in s1 s2; do
+      [ "$stage" = s1 ] && models=("${stage1[@]}") || models=("${stage2[@]}")
+      [ ${#models[@]} -gt 0 ] || continue
+      python3 benchmarks/cross_validation_dice.py ../shared/data/kvasir-seg "${models[@]}" \
+        --threads 8 --tta --per-frame-csv "$OUT/cv-frames-$stage-tta.csv" \
+        > "$OUT/cv-dice-$stage-tta.md" 2>&1 &
+      scoring+=($!)
+    done
+  fi
   [ ${#scoring[@]} -gt 0 ] && wait "${scoring[@]}"
   cat "$OUT"/cv-dice-s*.md 2>/dev/null
+  if [ "${KEEP_WEIGHTS:-0}" = 1 ]; then
+    for run in runs/gpu-cv*-s[12]; do
+      [ -f "$run/DONE" ] || continue
+      mkdir -p "$OUT/$(basename "$run")/last"
+      cp "$run/split.json" "$OUT/$(basename "$run")/"
+      cp "$run"/last/model.* "$OUT/$(basename "$run")/last/"
+    done
+  fi
   tar -czf "$OUT/cv-logs.tar.gz" runs/gpu-cv*/log.csv runs/gpu-cv*/split.json \
     runs/gpu-cv*/training.png runs/gpu-cv*-s2/last/model.json runs/gpu-cv*.log \
     runs/gpu-util.log 2>/dev/null
