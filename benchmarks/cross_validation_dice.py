@@ -22,7 +22,6 @@ per fold of 180 frames on 2 cores (x4 with ``--tta``).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -43,27 +42,29 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from medlens.data.segmentation import find_cases
+    from medlens.errors import MedlensError
     from medlens.evaluate.stats import bootstrap_ci
+    from medlens.train.segmentation import read_split_file
 
     all_cases = find_cases(args.data)
     per_frame: dict[str, list[float]] = {}
     rows = []
     frame_rows = ["fold,frame,dice"]
     for model in args.models:
-        split_path, split = model.parent / "split.json", {}
-        if split_path.is_file():
-            split = json.loads(split_path.read_text())
-        elif (model / "model.json").is_file():  # a shipped model: its card names the split
-            split = json.loads((model / "model.json").read_text())["training"].get("split", {})
-        if "val" not in split:
-            raise SystemExit(f"{model}: no split.json in {model.parent} and no split in its card")
-        cases = validation_cases(all_cases, split["val"], data=args.data)
+        split_path = model.parent / "split.json"
+        if not split_path.is_file():  # a shipped model: its card names the split
+            split_path = model / "model.json"
+        try:
+            _, val, fold = read_split_file(split_path, [c.case_id for c in all_cases])
+        except MedlensError as error:
+            raise SystemExit(f"{model}: {error}") from None
+        cases = validation_cases(all_cases, val, data=args.data)
         scores = per_frame_dice(model, cases, tta=args.tta)
         for case, score in zip(cases, scores, strict=True):
             per_frame.setdefault(case.case_id, []).append(float(score))
-            frame_rows.append(f"{split.get('fold')},{case.case_id},{score:.6f}")
+            frame_rows.append(f"{fold},{case.case_id},{score:.6f}")
         low, high = bootstrap_ci(scores)
-        rows.append((model, split.get("fold"), len(cases), np.nanmean(scores), low, high,
+        rows.append((model, fold, len(cases), np.nanmean(scores), low, high,
                      int((scores < 0.5).sum())))  # fmt: skip
 
     print("| model | fold | frames | mean Dice [95% CI] | below 0.5 |")

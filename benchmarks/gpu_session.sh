@@ -326,26 +326,18 @@ elif [ "$MODE" = polyp-cv ]; then
   # the two stages scored side by side, 8 threads each (a bare `wait` would also wait for the
   # training processes, which are this shell's children too)
   scoring=()
-  if [ ${#stage1[@]} -gt 0 ]; then
-    python3 benchmarks/cross_validation_dice.py ../shared/data/kvasir-seg "${stage1[@]}" \
-      --threads 8 --per-frame-csv "$OUT/cv-frames-s1.csv" > "$OUT/cv-dice-s1.md" 2>&1 &
-    scoring+=($!)
-  fi
-  if [ ${#stage2[@]} -gt 0 ]; then
-    python3 benchmarks/cross_validation_dice.py ../shared/data/kvasir-seg "${stage2[@]}" \
-      --threads 8 --per-frame-csv "$OUT/cv-frames-s2.csv" > "$OUT/cv-dice-s2.md" 2>&1 &
-    scoring+=($!)
-  fi
-  if [ "${TTA:-0}" = 1 ]; then
-    for stage in s1 s2; do
-      [ "$stage" = s1 ] && models=("${stage1[@]}") || models=("${stage2[@]}")
-      [ ${#models[@]} -gt 0 ] || continue
+  variants=("")
+  [ "${TTA:-0}" = 1 ] && variants+=(-tta)
+  for stage in s1 s2; do
+    [ "$stage" = s1 ] && models=("${stage1[@]}") || models=("${stage2[@]}")
+    [ ${#models[@]} -gt 0 ] || continue
+    for variant in "${variants[@]}"; do
       python3 benchmarks/cross_validation_dice.py ../shared/data/kvasir-seg "${models[@]}" \
-        --threads 8 --tta --per-frame-csv "$OUT/cv-frames-$stage-tta.csv" \
-        > "$OUT/cv-dice-$stage-tta.md" 2>&1 &
+        --threads 8 ${variant:+--tta} --per-frame-csv "$OUT/cv-frames-$stage$variant.csv" \
+        > "$OUT/cv-dice-$stage$variant.md" 2>&1 &
       scoring+=($!)
     done
-  fi
+  done
   [ ${#scoring[@]} -gt 0 ] && wait "${scoring[@]}"
   cat "$OUT"/cv-dice-s*.md 2>/dev/null
   if [ "${KEEP_WEIGHTS:-0}" = 1 ]; then

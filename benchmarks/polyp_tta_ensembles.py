@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -84,10 +83,11 @@ def score(args: argparse.Namespace) -> None:
     from paired_dice import validation_cases
 
     from medlens.data.segmentation import find_cases, read_case_label
+    from medlens.train.segmentation import read_split_file
 
-    split = json.loads(args.split.read_text())
-    val = split["val"] if "val" in split else split["training"]["split"]["val"]  # or a card
-    cases = validation_cases(find_cases(args.data), val, data=args.data)
+    all_cases = find_cases(args.data)
+    _, val, _ = read_split_file(args.split, [c.case_id for c in all_cases])  # or a model card
+    cases = validation_cases(all_cases, val, data=args.data)
     truth = np.stack([read_case_label(c.label)[..., 0] > 0 for c in cases])
     probabilities = {m: foreground_probabilities(m, cases) for m in args.models}
     scores = {
