@@ -42,9 +42,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from medlens.data.segmentation import find_cases
+    from medlens.data.splits import read_split_file
     from medlens.errors import MedlensError
     from medlens.evaluate.stats import bootstrap_ci
-    from medlens.train.segmentation import read_split_file
 
     all_cases = find_cases(args.data)
     per_frame: dict[str, list[float]] = {}

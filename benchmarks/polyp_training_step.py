@@ -57,6 +57,8 @@ def main() -> None:
 
     from monai.losses import DiceCELoss
 
+    from medlens.augment.segmentation_batch import augment_batch, camera_augment
+    from medlens.data.patches import load_cases, sample_batch
     from medlens.data.segmentation import (
         compute_fingerprint,
         find_cases,
@@ -66,7 +68,6 @@ def main() -> None:
     from medlens.infer.segmentation import cpu_bf16_supported
     from medlens.models.segmentation import SegmentationPlan, make_plan
     from medlens.train.averaging import moving_average
-    from medlens.train.segmentation import augment_batch, camera_augment, load_cases, sample_batch
 
     cases = find_cases(DATA)[: args.frames]
     fingerprint = compute_fingerprint(

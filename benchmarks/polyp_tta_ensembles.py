@@ -83,7 +83,7 @@ def score(args: argparse.Namespace) -> None:
     from paired_dice import validation_cases
 
     from medlens.data.segmentation import find_cases, read_case_label
-    from medlens.train.segmentation import read_split_file
+    from medlens.data.splits import read_split_file
 
     all_cases = find_cases(args.data)
     _, val, _ = read_split_file(args.split, [c.case_id for c in all_cases])  # or a model card

