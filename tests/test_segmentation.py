@@ -230,6 +230,25 @@ def test_2d_images_masks_folder_trains(polyp_run: Path) -> None:
     assert card.training["split"]["val_near_duplicates"].startswith("0 of 1 val frames")
 
 
+def test_the_seed_reproduces_a_run_on_the_cpu(
+    polyp_run: Path, examples: Path, tmp_path: Path
+) -> None:
+    """``--seed`` fixes the new layers' initialisation as well as the split, the patches and
+    the augmentation: the same command on the CPU writes the same weights."""
+    from safetensors.torch import load_file
+
+    def weights(run: Path) -> dict[str, torch.Tensor]:
+        return load_file(str(run / "last" / "model.safetensors"))
+
+    same_args = ["--iterations", "2", "--batch-size", "2", "--labels", "1=polyp"]
+    assert train(examples / "kvasir", tmp_path / "again", *same_args) == 0
+    assert train(examples / "kvasir", tmp_path / "other", *same_args, "--seed", "1") == 0
+    first, again, other = (weights(r) for r in (polyp_run, tmp_path / "again", tmp_path / "other"))
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    decoder = [name for name in first if "decoder" in name]
+    assert decoder and not all(torch.equal(first[name], other[name]) for name in decoder)
+
+
 def test_a_val_frame_duplicated_in_train_is_reported_and_group_similar_keeps_the_pair_together(
     examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -437,7 +437,13 @@ def train_seg(
     ] = None,
     fold: Annotated[int | None, typer.Option(help="Cross-validation fold (0-based).")] = None,
     folds: Annotated[int, typer.Option(help="Number of cross-validation folds.")] = 5,
-    seed: Annotated[int, typer.Option(help="Split and sampling seed.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the split, the new layers' initialisation, the patches and the "
+            "augmentation (a 2D run on the CPU repeats exactly)."
+        ),
+    ] = 0,
     split: Annotated[
         Path | None,
         typer.Option(

@@ -744,10 +744,14 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         if plan.dims == 2 and config.dp_epsilon is None
         else torch.contiguous_format
     )
-    network = plan.build_network(
-        pretrained=config.pretrained and resume_state is None and not config.init,
-        drop_path_rate=config.drop_path_rate,
-    ).to(device, memory_format=memory_format)
+    # --seed fixes the new layers' initialisation too (every process alike, as DDP needs),
+    # without touching the caller's global random state
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        network = plan.build_network(
+            pretrained=config.pretrained and resume_state is None and not config.init,
+            drop_path_rate=config.drop_path_rate,
+        ).to(device, memory_format=memory_format)
     if config.init and resume_state is None:
         copied, total = initialise_from(network, config.init)
         if is_main:
