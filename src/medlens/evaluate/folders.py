@@ -99,6 +99,7 @@ def is_detection_input(gt: Path) -> bool:
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Write ``rows`` (missing keys empty, floats to 6 significant digits) atomically."""
     with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
@@ -107,12 +108,14 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
 
 
 def csv_value(value: Any) -> Any:
+    """A CSV cell: floats to 6 significant digits, NaN as ``nan``."""
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.6g}"
     return value
 
 
 def json_safe(value: Any) -> Any:
+    """``value`` with numpy scalars, paths and non-finite floats (None) made JSON-ready."""
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -127,11 +130,13 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON atomically (see :func:`json_safe`)."""
     with atomic_output(path) as temporary:
         temporary.write_text(json.dumps(json_safe(data), indent=2) + "\n")
 
 
 def load_speed(path: Path | None) -> dict[str, Any] | None:
+    """The ``medlens bench`` JSON for the report's speed section, or None."""
     if path is None:
         return None
     try:
@@ -141,6 +146,7 @@ def load_speed(path: Path | None) -> dict[str, Any] | None:
 
 
 def failures_html(summary: dict[str, Any]) -> str:
+    """The report's list of unmatched cases, unexpected labels and resampled predictions."""
     items = []
     if summary.get("missing_prediction"):
         items.append(
@@ -169,6 +175,7 @@ def failures_html(summary: dict[str, Any]) -> str:
 
 
 def speed_html(speed: dict[str, Any] | None) -> str:
+    """The report's speed table, or a note on how to get one."""
     if not speed:
         return "<p class='note'>No speed figures given (run <code>medlens bench</code>).</p>"
     keys = (
