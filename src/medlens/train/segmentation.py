@@ -148,8 +148,9 @@ class TrainConfig:
     #: boundary-weighted cross-entropy + per-image weighted IoU, common for polyps)
     loss: str = "dice-ce"
 
-    def check(self) -> None:
-        """Refuse options out of range or that cannot work together, before any work."""
+    def check(self, *, distributed: bool = False) -> None:
+        """Refuse options out of range or that cannot work together, before any work
+        (``distributed``: started by torchrun)."""
         if self.dist_backend not in ("auto", "nccl", "gloo"):
             raise MedlensError(f"--dist-backend {self.dist_backend}: use auto, nccl or gloo")
         if self.loss not in LOSS_DESCRIPTIONS:
@@ -186,7 +187,7 @@ class TrainConfig:
             raise MedlensError(f"unknown --augment '{self.augment}'", hint="builtin or medlens")
         if self.dp_epsilon is not None and self.ema_decay:
             raise MedlensError("--ema-decay cannot be combined with --dp-epsilon")
-        if self.dp_epsilon is not None and self.resume:
+        if self.dp_epsilon is not None and (self.resume or distributed):
             raise MedlensError(
                 "differential privacy cannot be combined with --resume or torchrun",
                 hint="train a DP model in one run on one device",
@@ -664,7 +665,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     distributed = world_size > 1
     if config.threads:
         torch.set_num_threads(config.threads)
-    config.check()
+    config.check(distributed=distributed)
     device, backend = _training_device(config, distributed)
     is_main = rank == 0
     out = Path(config.out)  # made once the data and plan pass their checks
@@ -706,14 +707,13 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         hint="use a smaller --filters or --network",
     )
     out.mkdir(parents=True, exist_ok=True)
+    split = {"train": train_ids, "val": val_ids, "seed": config.seed, "fold": fold}
     if is_main:
         _write_json(out / "plan.json", plan.to_dict())
         _write_json(out / "fingerprint.json", fingerprint_dict)
-        split = {"train": train_ids, "val": val_ids, "seed": config.seed, "fold": fold}
-        if groups is not None:
-            split["similar_frame_groups"] = groups
         if resume_state is None or not (out / "split.json").is_file():
-            _write_json(out / "split.json", split)
+            groups_entry = {"similar_frame_groups": groups} if groups is not None else {}
+            _write_json(out / "split.json", split | groups_entry)
 
     from rich.progress import Progress
 
@@ -804,11 +804,6 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     dp = None
     dp_batches = None
     if config.dp_epsilon is not None:
-        if distributed:
-            raise MedlensError(
-                "differential privacy cannot be combined with --resume or torchrun",
-                hint="train a DP model in one run on one device",
-            )
         dp = _make_private(config, plan, network, optimizer, train_cases)
         training_network = dp.model
         optimizer = dp.optimizer
@@ -868,7 +863,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     training_record = _training_record(
         config,
         plan,
-        split={"train": train_ids, "val": val_ids, "seed": config.seed, "fold": fold}
+        split=split
         | ({"val_near_duplicates": leaks.card_entry("frame")} if leaks is not None else {}),
         commands=commands,
         precision="bf16 autocast"
