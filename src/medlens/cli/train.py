@@ -241,6 +241,13 @@ def train_seg(
             "rate (e.g. 0.2, EfficientNet's); training only."
         ),
     ] = 0.0,
+    deep_supervision: Annotated[
+        bool,
+        typer.Option(
+            help="nnU-Net's deep supervision: 1x1 heads on the decoder's coarser stages add "
+            "their loss (weights halving per stage); they are not part of the saved model."
+        ),
+    ] = False,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.pt.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[
@@ -367,6 +374,7 @@ def train_seg(
         freeze_early_blocks=freeze_early_blocks,
         encoder_lr_scale=encoder_lr_scale,
         drop_path_rate=drop_path,
+        deep_supervision=deep_supervision,
         resume=resume,
         device=device,
         amp=amp,

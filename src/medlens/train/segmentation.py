@@ -67,6 +67,7 @@ from medlens.infer.segmentation import (
 from medlens.io.atomic import atomic_output
 from medlens.models.segmentation import SegmentationPlan, make_plan
 from medlens.models.zoo import LITE_UNETS, ModelCard, check_weights_size, weights_bytes
+from medlens.train.deep_supervision import DeepSupervision, DeepSupervisionLoss
 from medlens.train.losses import LOSS_DESCRIPTIONS, segmentation_loss
 from medlens.train.schedules import warmup_cosine
 
@@ -147,6 +148,9 @@ class TrainConfig:
     #: "dice-ce" (MONAI DiceCELoss with batch Dice, nnU-Net's) or "structure" (PraNet's
     #: boundary-weighted cross-entropy + per-image weighted IoU, common for polyps)
     loss: str = "dice-ce"
+    #: nnU-Net's deep supervision: extra 1x1 heads on the decoder's coarser stages add their
+    #: loss (weights halving per stage); the heads are not part of the shipped model
+    deep_supervision: bool = False
 
     def check(self, *, distributed: bool = False) -> None:
         """Refuse options out of range or that cannot work together, before any work
@@ -187,6 +191,8 @@ class TrainConfig:
             raise MedlensError(f"unknown --augment '{self.augment}'", hint="builtin or medlens")
         if self.dp_epsilon is not None and self.ema_decay:
             raise MedlensError("--ema-decay cannot be combined with --dp-epsilon")
+        if self.dp_epsilon is not None and self.deep_supervision:
+            raise MedlensError("--deep-supervision cannot be combined with --dp-epsilon")
         if self.dp_epsilon is not None and (self.resume or distributed):
             raise MedlensError(
                 "differential privacy cannot be combined with --resume or torchrun",
@@ -614,7 +620,8 @@ def _training_record(
         "iterations_planned": config.iterations,
         "batch_size": plan.batch_size,
         "optimizer": optimizer,
-        "loss": LOSS_DESCRIPTIONS[config.loss],
+        "loss": LOSS_DESCRIPTIONS[config.loss]
+        + (", deep supervision on the decoder's coarser stages" if config.deep_supervision else ""),
         "precision": precision,
         "device": str(device),
         "processes": processes,  # torchrun: DDP, batch size is per process
@@ -752,16 +759,26 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             pretrained=config.pretrained and resume_state is None and not config.init,
             drop_path_rate=config.drop_path_rate,
         ).to(device, memory_format=memory_format)
+        supervised = None
+        if config.deep_supervision:
+            supervised = DeepSupervision(
+                network,
+                out_channels=plan.num_classes,
+                patch_size=plan.patch_size,
+                in_channels=plan.in_channels,
+            )
+            supervised.heads.to(memory_format=memory_format)
     if config.init and resume_state is None:
         copied, total = initialise_from(network, config.init)
         if is_main:
             print(f"initialised {copied} of {total} tensors from model '{config.init}'")
-    optimizer = torch.optim.AdamW(
-        parameter_groups(network, config.encoder_lr_scale),
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-    )
+    groups = parameter_groups(network, config.encoder_lr_scale)
+    if supervised is not None:
+        groups.append({"params": list(supervised.heads.parameters()), "lr_scale": 1.0})
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_function = segmentation_loss(config.loss)
+    if supervised is not None:
+        loss_function = DeepSupervisionLoss(loss_function, supervised.weights)
     # The predictor's rule: bf16 autocast on the CPU only for DynUNets; it makes a 2D Lite
     # U-Net's training step 1.5x slower (benchmarks/results/polyp_training_step.md).
     amp = config.amp and uses_amp(device, plan)
@@ -771,7 +788,16 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     rng = np.random.default_rng(config.seed + 1000 * rank)
     torch_generator = torch.Generator().manual_seed(config.seed + 1000 * rank)
     if resume_state is not None:
+        if ("deep_supervision" in resume_state) != config.deep_supervision:
+            raise MedlensError(
+                "the checkpoint was trained "
+                + ("with" if "deep_supervision" in resume_state else "without")
+                + " --deep-supervision",
+                hint="resume with the options the run started with",
+            )
         network.load_state_dict(resume_state["model"])
+        if supervised is not None:
+            supervised.heads.load_state_dict(resume_state["deep_supervision"])
         if "optimizer" in resume_state:
             optimizer.load_state_dict(resume_state["optimizer"])
         start_step = int(resume_state["step"])
@@ -787,7 +813,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         ema = moving_average(network, decay=config.ema_decay, state=(resume_state or {}).get("ema"))
     # the weights that are validated and shipped: the moving average where there is one
     evaluated_network = ema.module if ema is not None else network
-    training_network: torch.nn.Module = network
+    training_network: torch.nn.Module = network if supervised is None else supervised
     train_indices = list(range(len(train_cases)))
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -798,7 +824,7 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         )
         train_indices = [train_indices[i] for i in sampler]
         training_network = DistributedDataParallel(
-            network, device_ids=[device.index] if device.type == "cuda" else None
+            training_network, device_ids=[device.index] if device.type == "cuda" else None
         )
 
     dp = None
@@ -844,6 +870,8 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             "seconds": elapsed(),
             "commands": commands,
         }
+        if supervised is not None:
+            state["deep_supervision"] = supervised.heads.state_dict()
         if ema is not None:
             state["ema"] = ema.state_dict()
         with atomic_output(checkpoint_path) as temporary:
@@ -966,8 +994,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
             images = images.contiguous(memory_format=memory_format)
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, amp):
-                logits = training_network(images)
-            loss = loss_function(logits.float(), labels)
+                outputs = training_network(images)
+            # deep supervision: a list of outputs, which its loss casts itself
+            loss = loss_function(outputs if supervised is not None else outputs.float(), labels)
             if not torch.isfinite(loss):
                 raise MedlensError(
                     f"training diverged (loss {loss.item()}) at iteration {step}", hint="lower --lr"
