@@ -307,6 +307,21 @@ def test_label_with_classes_not_in_the_plan_is_refused(
     assert "hippocampus_003.nii.gz" in error and "[5]" in error
 
 
+def test_a_mask_of_another_size_than_its_frame_is_refused_by_name(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(examples / "kvasir", data)
+    mask = sorted((data / "masks").iterdir())[1]
+    pixels = cv2.imread(str(mask))
+    cv2.imwrite(str(mask), pixels[:-8])
+    code = train(data, tmp_path / "run", "--iterations", "1", "--labels", "1=polyp")
+    assert code == 2
+    error = capsys.readouterr().err
+    assert mask.name in error and "differs from image shape" in error
+    assert not (tmp_path / "run").exists()
+
+
 def test_k_fold_split_and_transfer_learning(
     hippocampus_run: Path, examples: Path, tmp_path: Path
 ) -> None:

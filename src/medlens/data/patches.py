@@ -16,10 +16,8 @@ import torch
 from medlens.data.segmentation import (
     CasePaths,
     check_label_classes,
-    read_case_image,
-    read_case_label,
+    read_case_pair,
 )
-from medlens.errors import MedlensError
 from medlens.models.segmentation import (
     SegmentationPlan,
     image_to_network_array,
@@ -71,14 +69,8 @@ def load_cases(
     loaded = []
     allowed = sorted(plan.labels)
     for case in cases:
-        image = read_case_image(case.image)
-        label = read_case_label(case.label)
+        image, label = read_case_pair(case)
         check_label_classes(label, allowed, case.label)
-        if label.shape != image.spatial_shape:
-            raise MedlensError(
-                f"label shape {label.shape} differs from image shape {image.spatial_shape}",
-                path=case.label,
-            )
         array = image_to_network_array(image, plan)
         label_array = label_to_network_array(label, image, plan)
         array, crop = pad_to(array, plan.patch_size, 0.0)

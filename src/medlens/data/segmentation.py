@@ -157,6 +157,19 @@ def read_case_label(path: Path) -> np.ndarray:
     return label.astype(np.uint8)
 
 
+def read_case_pair(case: CasePaths) -> tuple[Image, np.ndarray]:
+    """A case's image and integer label, refused unless the label is on the image's grid."""
+    image = read_case_image(case.image)
+    label = read_case_label(case.label)
+    if label.shape != image.spatial_shape:
+        raise MedlensError(
+            f"label shape {label.shape} differs from image shape {image.spatial_shape}",
+            path=case.label,
+            hint="draw the label on its image's grid (same size in every axis)",
+        )
+    return image, label
+
+
 @dataclasses.dataclass
 class Fingerprint:
     """What the data looks like, in numbers a plan can use.

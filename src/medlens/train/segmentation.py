@@ -51,8 +51,7 @@ from medlens.data.segmentation import (
     compute_fingerprint,
     dataset_label_names,
     find_cases,
-    read_case_image,
-    read_case_label,
+    read_case_pair,
     read_dataset_json,
 )
 from medlens.data.splits import make_split, read_split_file, similar_frame_groups
@@ -447,14 +446,9 @@ def _plan_and_split(
     Returns the plan, training and validation case ids, the fold, the fingerprint and the
     similar-frame groups (case id -> group, ``--group-similar``; else None).
     """
-    images = [read_case_image(c.image) for c in cases]
-    labels = [read_case_label(c.label) for c in cases]
-    for case, image, label in zip(cases, images, labels, strict=True):
-        if label.shape != image.spatial_shape:
-            raise MedlensError(
-                f"label shape {label.shape} differs from image shape {image.spatial_shape}",
-                path=case.label,
-            )
+    pairs = [read_case_pair(c) for c in cases]
+    images = [image for image, _ in pairs]
+    labels = [label for _, label in pairs]
     meta = read_dataset_json(config.data)
     modality = (
         meta.get("modality", {}).get("0", "") if isinstance(meta.get("modality"), dict) else ""
