@@ -69,6 +69,9 @@ class DeepSupervision(nn.Module):
         if not self._stages:
             raise ValueError("the network has no decoder stage to supervise besides its head")
         self._captured: list[torch.Tensor | None] = [None] * len(self._stages)
+        # hooks record only inside this module's forward: copies of the network (the EMA's
+        # deepcopy keeps the hooks) and its validation passes must not leave activations here
+        self._capturing = False
         for index, stage in enumerate(self._stages):
             stage.register_forward_hook(self._capture(index))
         channels = self._stage_channels(patch_size, in_channels)
@@ -81,26 +84,35 @@ class DeepSupervision(nn.Module):
 
     def _capture(self, index: int) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            self._captured[index] = output
+            if self._capturing:
+                self._captured[index] = output
 
         return hook
+
+    def _run(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The network's logits and its supervised stages' outputs (finest first)."""
+        self._capturing = True
+        try:
+            logits = self.network(images)
+        finally:
+            self._capturing = False
+        captured, self._captured = self._captured, [None] * len(self._stages)
+        if any(t is None for t in captured):
+            raise RuntimeError("a supervised decoder stage did not run in the forward pass")
+        return logits, captured  # type: ignore[return-value]
 
     def _stage_channels(self, patch_size: Sequence[int], in_channels: int) -> list[int]:
         parameter = next(self.network.parameters())
         was_training = self.network.training
         self.network.eval()  # no batch-norm statistics from the probe
         with torch.no_grad():
-            self.network(torch.zeros(1, in_channels, *patch_size, device=parameter.device))
+            _, stages = self._run(torch.zeros(1, in_channels, *patch_size, device=parameter.device))
         self.network.train(was_training)
-        channels = [int(t.shape[1]) for t in self._captured if t is not None]
-        self._captured = [None] * len(self._stages)
-        return channels
+        return [int(t.shape[1]) for t in stages]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        logits = self.network(images)
-        extra = [head(t) for head, t in zip(self.heads, self._captured, strict=True)]
-        self._captured = [None] * len(self._stages)  # free the activations' references
-        return [logits, *extra]
+        logits, stages = self._run(images)
+        return [logits, *(head(t) for head, t in zip(self.heads, stages, strict=True))]
 
 
 class DeepSupervisionLoss(nn.Module):

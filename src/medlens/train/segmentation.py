@@ -431,7 +431,16 @@ def _read_resume_state(config: TrainConfig, checkpoint_path: Path) -> dict[str, 
             path=checkpoint_path.parent,
             hint="train without --resume",
         )
-    return torch.load(source, map_location="cpu", weights_only=False)
+    state = torch.load(source, map_location="cpu", weights_only=False)
+    if ("deep_supervision" in state) != config.deep_supervision:
+        raise MedlensError(
+            "the checkpoint was trained "
+            + ("with" if "deep_supervision" in state else "without")
+            + " --deep-supervision",
+            path=source,
+            hint="resume with the options the run started with",
+        )
+    return state
 
 
 def _plan_and_split(
@@ -782,13 +791,6 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
     rng = np.random.default_rng(config.seed + 1000 * rank)
     torch_generator = torch.Generator().manual_seed(config.seed + 1000 * rank)
     if resume_state is not None:
-        if ("deep_supervision" in resume_state) != config.deep_supervision:
-            raise MedlensError(
-                "the checkpoint was trained "
-                + ("with" if "deep_supervision" in resume_state else "without")
-                + " --deep-supervision",
-                hint="resume with the options the run started with",
-            )
         network.load_state_dict(resume_state["model"])
         if supervised is not None:
             supervised.heads.load_state_dict(resume_state["deep_supervision"])
