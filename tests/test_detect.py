@@ -118,6 +118,15 @@ def test_corrupt_jpeg_is_named(stones: Path) -> None:
     assert error.value.path == str(image)
 
 
+def test_a_cut_off_jpeg_that_opencv_would_decode_is_named(stones: Path) -> None:
+    image = sorted((stones / "images" / "train").glob("*.jpg"))[1]
+    image.write_bytes(image.read_bytes()[:-2000])  # header and half the scan: decodes grey
+    assert cv2.imread(str(image)) is not None
+    with pytest.raises(MedlensError, match="truncated JPEG") as error:
+        load_detection_data(stones, "train")
+    assert error.value.path == str(image)
+
+
 def test_grey_and_rgb_images_give_the_same_grey_pixels(stones: Path, tmp_path: Path) -> None:
     image = sorted((stones / "images" / "train").glob("*.jpg"))[0]
     rgb = read_grey(image)

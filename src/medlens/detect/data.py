@@ -20,6 +20,7 @@ import numpy as np
 
 from medlens.detect.boxes import Boxes
 from medlens.errors import MedlensError
+from medlens.io.raster import decode_raster
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -35,17 +36,7 @@ class DetectionSample:
 
 def read_grey(path: str | Path) -> np.ndarray:
     """(H, W) uint8 grey pixels of a PNG/JPEG; corrupt files raise a MedlensError naming them."""
-    path = Path(path)
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
-    if data is None:
-        raise MedlensError("image file not found", path=path)
-    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if pixels is None:
-        raise MedlensError(
-            "cannot decode image (corrupt or not a PNG/JPEG)",
-            path=path,
-            hint="re-export it or remove it from the dataset",
-        )
+    pixels = decode_raster(path)
     if pixels.ndim == 3:
         if pixels.shape[2] == 4:
             pixels = pixels[..., :3]

@@ -14,16 +14,47 @@ from medlens.io.atomic import atomic_output
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
-def read_raster(path: str | Path) -> Image:
-    """Read a 2D image; colour comes back as RGB(A) channels, grey as one channel."""
+def decode_raster(path: str | Path) -> np.ndarray:
+    """OpenCV's pixels of a PNG/JPEG/TIFF/BMP file (BGR(A) order, 8 or 16 bit), refusing
+    files that are missing, empty, undecodable or truncated, by name."""
     path = Path(path)
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if not path.is_file():
+        raise MedlensError("image file not found", path=path)
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise MedlensError("file is empty", path=path)
+    if _is_truncated_jpeg(data):
+        # libjpeg decodes a cut-off file with a warning, filling the missing rows with grey;
+        # a model would then segment or detect on half an image without anyone noticing
+        raise MedlensError(
+            "truncated JPEG (no end-of-image marker after the last scan)",
+            path=path,
+            hint="copy or export the file again; it was cut off",
+        )
+    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if pixels is None:
         raise MedlensError(
             "cannot decode image (corrupt or not a PNG/JPEG/TIFF)",
             path=path,
             hint="check that the file opens in an image viewer",
         )
+    return pixels
+
+
+def _is_truncated_jpeg(data: np.ndarray) -> bool:
+    """A JPEG whose last start-of-scan marker has no end-of-image marker after it. Entropy-coded
+    data stuffs every 0xFF byte, so both markers occur only as markers; an EXIF thumbnail's
+    own scan and end marker come before the main image's scan."""
+    raw = data.tobytes()
+    if not raw.startswith(b"\xff\xd8"):
+        return False
+    return raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda")
+
+
+def read_raster(path: str | Path) -> Image:
+    """Read a 2D image; colour comes back as RGB(A) channels, grey as one channel."""
+    path = Path(path)
+    pixels = decode_raster(path)
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     elif pixels.shape[2] == 3:

@@ -321,6 +321,8 @@ def normalise(array: np.ndarray, plan: SegmentationPlan) -> np.ndarray:
         values -= plan.normalisation["mean"][0]
         values /= max(plan.normalisation["std"][0], 1e-6)
     elif scheme == "rgb":
+        if array.dtype == np.uint16:  # a 16-bit PNG: the means and stds are on the 8-bit scale
+            values *= 255.0 / 65535.0
         mean = np.asarray(plan.normalisation["mean"], np.float32)
         std = np.asarray(plan.normalisation["std"], np.float32)
         shape = (-1,) + (1,) * (values.ndim - 1)
@@ -347,7 +349,7 @@ def check_input(image: Image, plan: SegmentationPlan, *, path: Any = None) -> No
             path=path,
             hint="pass a volume (NIfTI, NRRD, DICOM series)",
         )
-    if image.num_channels != plan.in_channels:
+    if image.num_channels != plan.in_channels and not _drops_alpha(image, plan):
         raise MedlensError(
             f"the model expects {plan.in_channels} channel(s), the image has {image.num_channels}",
             path=path,
@@ -355,9 +357,20 @@ def check_input(image: Image, plan: SegmentationPlan, *, path: Any = None) -> No
         )
 
 
+def _drops_alpha(image: Image, plan: SegmentationPlan) -> bool:
+    """An RGBA frame for an RGB model: segmented on its colour channels, as an RGB viewer shows
+    it (PNG exports of endoscopy frames often carry an opaque alpha channel)."""
+    return plan.normalisation["scheme"] == "rgb" and (image.num_channels, plan.in_channels) == (
+        4,
+        3,
+    )
+
+
 def image_to_network_array(image: Image, plan: SegmentationPlan) -> np.ndarray:
     """``(C, I, J[, K])`` float32 on the network grid (:func:`resampled_shape`), normalised."""
     array = image.numpy()
+    if _drops_alpha(image, plan):
+        array = array[:3]
     if plan.dims == 2:
         array = array[..., 0]
     array = normalise(array, plan)
