@@ -548,6 +548,24 @@ def test_a_truncated_jpeg_is_refused_by_name_not_segmented_half_grey(
     assert not (tmp_path / "mask.png").exists()
 
 
+def test_bad_frames_in_a_folder_are_named_after_the_good_ones_are_segmented(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    good = sorted((examples / "kvasir" / "images").glob("*.jpg"))[:2]
+    for path in good:
+        shutil.copy(path, frames / path.name)
+    (frames / "a-cut.jpg").write_bytes(good[0].read_bytes()[:5000])
+    cv2.imwrite(str(frames / "b-grey.png"), np.zeros((64, 64), np.uint8))
+    out = tmp_path / "masks"
+    assert run_cli(["predict", "polyp", str(frames), str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "2 of 4 inputs could not be segmented" in error
+    assert "a-cut.jpg: truncated JPEG" in error and "b-grey.png: the model expects 3" in error
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in good)
+
+
 def test_predict_dicom_study_writes_a_seg_readable_by_highdicom(
     hippocampus_run: Path, examples: Path, tmp_path: Path
 ) -> None:

@@ -164,6 +164,8 @@ def predict(
     Examples: ``medlens predict hippocampus examples/dicom/hippocampus-study1 seg.dcm
     --also seg.nii.gz --html seg.html``; ``medlens predict polyp frames/ masks/``;
     ``medlens predict runs/f0/model,runs/f1/model,runs/f2/model frames/ masks/`` (ensemble).
+    In a folder, a file that cannot be segmented (corrupt, wrong channels) is named at the end,
+    after the others are written, and the exit code is 2.
     """
     from medlens.infer.predict import predict_paths
 

@@ -312,6 +312,7 @@ def predict_paths(
             title = f"ensemble of {len(models)}: " + ", ".join(map(str, models))
         page = OverlayPage(title, plan.labels)
     written: list[Path] = []
+    failed: list[MedlensError] = []
     # one image per network call: measured on this 2-core CPU, a batch of 8 frames costs more
     # per frame than single frames (cache), see benchmarks/results/segmentation.md
     group = 1
@@ -319,11 +320,19 @@ def predict_paths(
         task = bar.add_task("segmenting", total=len(jobs))
         for first in range(0, len(jobs), group):
             chunk = jobs[first : first + group]
-            images = [_read_input(job, series) for job in chunk]
-            labels = predict_images(
-                networks, images, plan, device=device, tta=tta, batch_size=batch_size,
-                postprocess=postprocess, paths=[job.source for job in chunk],
-            )  # fmt: skip
+            try:
+                images = [_read_input(job, series) for job in chunk]
+                labels = predict_images(
+                    networks, images, plan, device=device, tta=tta, batch_size=batch_size,
+                    postprocess=postprocess, paths=[job.source for job in chunk],
+                )  # fmt: skip
+            except MedlensError as error:
+                if len(jobs) == 1:
+                    raise
+                # one bad file in a folder of frames: segment the others, name it at the end
+                failed.append(error)
+                bar.advance(task, len(chunk))
+                continue
             for offset, (job, image, label) in enumerate(zip(chunk, images, labels, strict=True)):
                 written.extend(_write(job, image, label, plan, overwrite=overwrite))
                 for other in extra:
@@ -335,4 +344,17 @@ def predict_paths(
                 bar.advance(task)
     if page is not None:
         written.append(page.write(html))
+    if failed:
+        raise _failed_inputs_error(failed, total=len(jobs))
     return written
+
+
+def _failed_inputs_error(failed: list[MedlensError], *, total: int) -> MedlensError:
+    """One error naming every input of a folder run that could not be segmented."""
+    shown = "".join(f"\n  {error}" for error in failed[:5])
+    more = f"\n  and {len(failed) - 5} more" if len(failed) > 5 else ""
+    return MedlensError(
+        f"{len(failed)} of {total} inputs could not be segmented (the others were written):"
+        f"{shown}{more}\nfix or remove them, then run them alone (or the folder again with "
+        "--overwrite)"
+    )
