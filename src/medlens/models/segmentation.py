@@ -360,10 +360,8 @@ def check_input(image: Image, plan: SegmentationPlan, *, path: Any = None) -> No
 def _drops_alpha(image: Image, plan: SegmentationPlan) -> bool:
     """An RGBA frame for an RGB model: segmented on its colour channels, as an RGB viewer shows
     it (PNG exports of endoscopy frames often carry an opaque alpha channel)."""
-    return plan.normalisation["scheme"] == "rgb" and (image.num_channels, plan.in_channels) == (
-        4,
-        3,
-    )
+    rgb_model = plan.normalisation["scheme"] == "rgb" and plan.in_channels == 3
+    return rgb_model and image.num_channels == 4
 
 
 def image_to_network_array(image: Image, plan: SegmentationPlan) -> np.ndarray:
