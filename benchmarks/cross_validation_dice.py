@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from paired_dice import per_frame_dice, validation_cases
+from paired_dice import fold_validation_cases, per_frame_dice
 
 
 def main() -> None:
@@ -42,8 +42,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from medlens.data.segmentation import find_cases
-    from medlens.data.splits import read_split_file
-    from medlens.errors import MedlensError
     from medlens.evaluate.stats import bootstrap_ci
 
     all_cases = find_cases(args.data)
@@ -51,14 +49,7 @@ def main() -> None:
     rows = []
     frame_rows = ["fold,frame,dice"]
     for model in args.models:
-        split_path = model.parent / "split.json"
-        if not split_path.is_file():  # a shipped model: its card names the split
-            split_path = model / "model.json"
-        try:
-            _, val, fold = read_split_file(split_path, [c.case_id for c in all_cases])
-        except MedlensError as error:
-            raise SystemExit(f"{model}: {error}") from None
-        cases = validation_cases(all_cases, val, data=args.data)
+        cases, fold = fold_validation_cases(model, all_cases, data=args.data)
         scores = per_frame_dice(model, cases, tta=args.tta)
         for case, score in zip(cases, scores, strict=True):
             per_frame.setdefault(case.case_id, []).append(float(score))

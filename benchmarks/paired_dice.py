@@ -51,6 +51,22 @@ def per_frame_dice(model: Path, cases: list, *, tta: bool, batch_size: int = 8) 
     return np.asarray(scores)
 
 
+def fold_validation_cases(model: Path, cases: list, *, data: Path) -> tuple[list, int | None]:
+    """The validation cases and fold of a model: from ``split.json`` in its run folder, else
+    from its card's training split (a shipped model); exits naming the model if neither says."""
+    from medlens.data.splits import read_split_file
+    from medlens.errors import MedlensError
+
+    split_path = model.parent / "split.json"
+    if not split_path.is_file():  # a shipped model: its card names the split
+        split_path = model / "model.json"
+    try:
+        _, val, fold = read_split_file(split_path, [c.case_id for c in cases])
+    except MedlensError as error:
+        raise SystemExit(f"{model}: {error}") from None
+    return validation_cases(cases, val, data=data), fold
+
+
 def validation_cases(cases: list, val_ids: list[str], *, data: Path) -> list:
     """The cases named by ``val_ids``, in that order; exits naming any not in ``data``."""
     by_id = {c.case_id: c for c in cases}

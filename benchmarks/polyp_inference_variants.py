@@ -29,14 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from paired_dice import validation_cases
+from paired_dice import fold_validation_cases
 
 THRESHOLDS = np.round(np.arange(0.25, 0.751, 0.05), 2)
 MIRRORS = ((), (0,), (1,), (0, 1))  # spatial axes of a 2D frame
 
 
-def view_probabilities(model: Path, cases: list, sizes: list[int]) -> tuple[dict, list]:
-    """{(size, mirror): [foreground probability per frame, float16]} and the truth masks."""
+def view_probabilities(model: Path, cases: list, sizes: list[int]) -> tuple[dict, list, int]:
+    """{(size, mirror): [foreground probability per frame, float16]}, the truth masks and the
+    model's own frame size."""
     from medlens.data.segmentation import read_case_image, read_case_label
     from medlens.infer.segmentation import sliding_window_logits
     from medlens.models.segmentation import SegmentationPlan, image_to_network_array
@@ -72,7 +73,7 @@ def view_probabilities(model: Path, cases: list, sizes: list[int]) -> tuple[dict
                                 frame[None], size=shape, mode="bilinear", align_corners=False
                             )[0]
                         out.append(frame[1].float().numpy().astype(np.float16))
-    return views, truths
+    return views, truths, base.frame_size[0]
 
 
 def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
@@ -87,13 +88,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 256, 288, 320])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if len(args.models) < 2:  # the threshold is chosen on the folds not scored
+        parser.error("give one model per fold, at least two")
     torch.set_num_threads(args.threads)
 
     from medlens.data.segmentation import find_cases
-    from medlens.data.splits import read_split_file
     from medlens.evaluate.stats import bootstrap_ci
-    from medlens.models.segmentation import SegmentationPlan
-    from medlens.models.zoo import load_model
 
     all_cases = find_cases(args.data)
     views: dict = {}
@@ -101,16 +101,11 @@ def main() -> None:
     fold_of_frame: list[int] = []
     plan_size = None
     for index, model in enumerate(args.models):
-        split_path = model.parent / "split.json"
-        if not split_path.is_file():  # a shipped model: its card names the split
-            split_path = model / "model.json"
-        _, val, _ = read_split_file(split_path, [c.case_id for c in all_cases])
-        cases = validation_cases(all_cases, val, data=args.data)
-        size = SegmentationPlan.from_dict(load_model(model)[1].preprocessing["plan"]).frame_size
-        plan_size = plan_size or size[0]
-        if size[0] != plan_size:
+        cases, _ = fold_validation_cases(model, all_cases, data=args.data)
+        fold_views, fold_truths, size = view_probabilities(model, cases, args.sizes)
+        plan_size = plan_size or size
+        if size != plan_size:
             raise SystemExit(f"{model}: frame size {size}, the first model's is {plan_size}")
-        fold_views, fold_truths = view_probabilities(model, cases, args.sizes)
         for key, frames in fold_views.items():
             views.setdefault(key, []).extend(frames)
         truths.extend(fold_truths)
