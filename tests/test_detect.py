@@ -543,6 +543,59 @@ def test_detect_refuses_a_missing_input_with_exit_2(tmp_path: Path) -> None:
     )
 
 
+def example_slices(examples: Path, folder: Path) -> list[Path]:
+    folder.mkdir()
+    for image in sorted((examples / "kidney-stones" / "images").glob("*.jpg")):
+        shutil.copy(image, folder / image.name)
+    return sorted(folder.glob("*.jpg"))
+
+
+@needs_model
+def test_a_bad_slice_in_a_folder_is_named_after_the_others_are_detected(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = example_slices(examples, tmp_path / "slices")
+    cut = tmp_path / "slices" / "cut.jpg"
+    cut.write_bytes(good[0].read_bytes()[:-2000])  # OpenCV alone would decode it, half grey
+    out = tmp_path / "out"
+    assert run_cli(["detect", "kidney-stones", str(cut.parent), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 4 inputs could not be read" in err and "cut.jpg: truncated JPEG" in err
+    for image in good:
+        assert {p.name for p in out.glob(f"{image.stem}.*")} == {
+            f"{image.stem}.{suffix}" for suffix in ("txt", "json", "png")
+        }
+    assert not list(out.glob("cut.*"))
+    with open(out / "detections.csv") as handle:
+        assert {row["image"] for row in csv.DictReader(handle)} == {p.stem for p in good}
+
+
+@needs_model
+def test_detect_refuses_an_earlier_runs_results_without_overwrite(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = example_slices(examples, tmp_path / "slices")[0]
+    out = tmp_path / "out"
+    assert run_cli(["detect", "kidney-stones", str(image), str(out)]) == 0
+    before = (out / f"{image.stem}.json").stat().st_mtime_ns
+    assert run_cli(["detect", "kidney-stones", str(image), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "earlier run" in err and "--overwrite" in err
+    assert (out / f"{image.stem}.json").stat().st_mtime_ns == before
+    assert run_cli(["detect", "kidney-stones", str(image), str(out), "--overwrite"]) == 0
+
+
+def test_two_slices_writing_the_same_names_are_refused_before_any_work(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = example_slices(examples, tmp_path / "slices")[0]
+    cv2.imwrite(str(image.with_suffix(".png")), cv2.imread(str(image)))
+    out = tmp_path / "out"
+    assert run_cli(["detect", "kidney-stones", str(image.parent), str(out)]) == 2
+    assert "would both write" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @needs_model
 def test_dicom_without_findings_still_gets_an_sr_and_empty_outputs(
     shared_data: Path, tmp_path: Path

@@ -566,6 +566,20 @@ def test_bad_frames_in_a_folder_are_named_after_the_good_ones_are_segmented(
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in good)
 
 
+def test_two_frames_that_would_write_one_mask_are_refused_before_any_work(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    jpeg = sorted((examples / "kvasir" / "images").glob("*.jpg"))[0]
+    shutil.copy(jpeg, frames / "frame.jpg")
+    cv2.imwrite(str(frames / "frame.png"), cv2.imread(str(jpeg)))
+    out = tmp_path / "masks"
+    assert run_cli(["predict", "polyp", str(frames), str(out)]) == 2
+    assert "frame.jpg and frame.png would both write frame.png" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_predict_dicom_study_writes_a_seg_readable_by_highdicom(
     hippocampus_run: Path, examples: Path, tmp_path: Path
 ) -> None:

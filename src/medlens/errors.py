@@ -32,3 +32,24 @@ class MedlensError(Exception):
 
 class MedlensWarning(UserWarning):
     """Something the user should know that does not stop the work (e.g. NaN voxels)."""
+
+
+def failed_inputs_error(failed: list[MedlensError], *, total: int, task: str) -> MedlensError:
+    """One error for a folder run that went on past its bad inputs, naming the first five.
+
+    ``task`` says what the others got, e.g. "segmented".
+
+    Example:
+        >>> bad = [MedlensError("truncated JPEG", path="b.jpg")]
+        >>> print(failed_inputs_error(bad, total=3, task="segmented"))  # doctest: +ELLIPSIS
+        1 of 3 inputs could not be segmented (the others were written):
+          b.jpg: truncated JPEG
+        fix or remove them, then run them alone (or the folder again with --overwrite)
+    """
+    shown = "".join(f"\n  {error}" for error in failed[:5])
+    more = f"\n  and {len(failed) - 5} more" if len(failed) > 5 else ""
+    return MedlensError(
+        f"{len(failed)} of {total} inputs could not be {task} (the others were written):"
+        f"{shown}{more}\nfix or remove them, then run them alone (or the folder again with "
+        "--overwrite)"
+    )

@@ -34,6 +34,9 @@ def detect(
     series: SeriesOption = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     engine: EngineOption = "auto",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the results of an earlier run in OUT.")
+    ] = False,
 ) -> None:
     """Find objects (e.g. kidney stones) and write NAME.txt (YOLO + conf), NAME.json (px and mm),
     NAME.png overlays, detections.csv, and a DICOM SR measurement report for DICOM input.
@@ -56,6 +59,7 @@ def detect(
             series_uid=series,
             device=device,
             engine=engine,
+            overwrite=overwrite,
             progress=lambda: progress.advance(task),
         )
     boxes = sum(len(r["boxes"]) for r in records)

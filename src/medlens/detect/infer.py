@@ -28,7 +28,7 @@ from medlens.detect.boxes import Boxes
 from medlens.detect.data import IMAGE_SUFFIXES
 from medlens.detect.predict import Detector
 from medlens.detect.rescore import BoxRescoring
-from medlens.errors import MedlensError
+from medlens.errors import MedlensError, failed_inputs_error
 from medlens.image import Image
 from medlens.io.atomic import atomic_output, full_suffix
 
@@ -117,22 +117,59 @@ def to_grey_uint8(image: Image, k: int, *, source: Any = None) -> np.ndarray:
     return (np.clip((plane.astype(np.float32) - low) / (high - low), 0, 1) * 255).astype(np.uint8)
 
 
-def collect_slices(path: str | Path, *, series_uid: str | None = None) -> list[Slice]:
-    """Slices of an image file, a folder of images, or a DICOM file/series."""
+def detection_inputs(source: Path) -> list[Path]:
+    """The inputs of a run: the images of a folder, else ``source`` itself (an image, a DICOM
+    file, or a DICOM series folder)."""
+    if not source.exists():
+        raise MedlensError("input not found", path=source, hint="check the path")
+    if source.is_dir():
+        images = sorted(
+            p
+            for p in source.iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        )
+        if images:
+            return images
+    return [source]
+
+
+def output_stem(path: Path) -> str:
+    """Name of an input's outputs: the file name without its suffix, or the folder's name."""
+    return path.name if path.is_dir() else path.name[: len(path.name) - len(full_suffix(path))]
+
+
+def check_outputs(inputs: list[Path], out: Path, *, overwrite: bool) -> None:
+    """Refuse, before any work, two inputs writing the same files or an earlier run's results."""
+    by_stem: dict[str, Path] = {}
+    for path in inputs:
+        stem = output_stem(path)
+        if stem in by_stem:
+            raise MedlensError(
+                f"{by_stem[stem].name} and {path.name} would both write {stem}.txt/.json/.png",
+                path=path.parent,
+                hint="rename one of them or run them separately",
+            )
+        by_stem[stem] = path
+    if overwrite or not out.is_dir():
+        return
+    names = ["detections.csv"] + [
+        f"{stem}{suffix}" for stem in by_stem for suffix in (".txt", ".json", ".png", "_sr.dcm")
+    ]
+    existing = next((name for name in names if (out / name).exists()), None)
+    if existing is not None:
+        raise MedlensError(
+            f"holds the results of an earlier run ({existing})",
+            path=out,
+            hint="pass --overwrite to replace them, or choose another output folder",
+        )
+
+
+def read_slices(path: Path, *, series_uid: str | None = None) -> list[Slice]:
+    """Slices of one input: an image file, a DICOM file or a DICOM series folder."""
     import pydicom
 
     from medlens.io import image_format, read_image
 
-    path = Path(path)
-    if not path.exists():
-        raise MedlensError("input not found", path=path)
-    if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if images:
-            slices: list[Slice] = []
-            for file in images:
-                slices.extend(collect_slices(file))
-            return slices
     kind = image_format(path)
     image = read_image(path, series_uid=series_uid)
     sources: list[Any] = []
@@ -141,7 +178,7 @@ def collect_slices(path: str | Path, *, series_uid: str | None = None) -> list[S
             pydicom.dcmread(f, stop_before_pixels=True) for f in image.metadata["source_files"]
         ]
     depth = image.spatial_shape[2]
-    stem = path.name if path.is_dir() else path.name[: len(path.name) - len(full_suffix(path))]
+    stem = output_stem(path)
     result = []
     for k in range(depth):
         source = sources[k] if len(sources) == depth else (sources[0] if sources else None)
@@ -345,35 +382,68 @@ def run_detection(
     series_uid: str | None = None,
     device: str = "cpu",
     engine: str = "auto",
+    overwrite: bool = False,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
-    """Detect on ``source`` and write all outputs into ``out``; returns the JSON records."""
+    """Detect on ``source`` and write all outputs into ``out``; returns the JSON records.
+
+    Inputs are read one at a time, so a folder of any size runs in the memory of one image.
+    In a folder, an input that cannot be read (corrupt, truncated) does not stop the others:
+    they are written, with detections.csv, and then one error names every failed input.
+    """
+    source, out = Path(source), Path(out)
+    inputs = detection_inputs(source)
+    check_outputs(inputs, out, overwrite=overwrite)
     detector, card = load_detector(model, conf=conf, device=device, engine=engine)
     names = dict(card.labels)
-    slices = collect_slices(source, series_uid=series_uid)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
-    results: list[tuple[Slice, Boxes]] = []
-    for item in slices:
-        boxes = detector([item.pixels])[0]
-        results.append((item, boxes))
-        height, width = item.pixels.shape
-        record = boxes_record(item, boxes, names)
-        with atomic_output(out / f"{item.name}.txt") as temporary:
-            temporary.write_text(yolo_lines(boxes, width=width, height=height))
-        with atomic_output(out / f"{item.name}.json") as temporary:
-            temporary.write_text(json.dumps(record, indent=1) + "\n")
-        with atomic_output(out / f"{item.name}.png") as temporary:
-            if not cv2.imwrite(str(temporary), overlay(item.pixels, boxes, names)):
-                raise MedlensError(
-                    "OpenCV could not write the overlay", path=out / f"{item.name}.png"
-                )
-        records.append(record)
-        if progress is not None:
-            progress()
+    dicom_results: list[tuple[Slice, Boxes]] = []  # for the SR
+    failed: list[MedlensError] = []
+    for path in inputs:
+        try:
+            slices = read_slices(path, series_uid=series_uid)
+        except MedlensError as error:
+            if len(inputs) == 1:
+                raise
+            failed.append(error)
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        for item in slices:
+            boxes = detector([item.pixels])[0]
+            records.append(write_slice_outputs(item, boxes, names, out))
+            if item.source is not None:
+                dicom_results.append((item, boxes))
+            if progress is not None:
+                progress()
+    if records:
+        write_csv(out / "detections.csv", records)
+    if dicom_results:
+        write_sr(out / f"{output_stem(source)}_sr.dcm", dicom_results, names, card)
+    if failed:
+        raise failed_inputs_error(failed, total=len(inputs), task="read")
+    return records
+
+
+def write_slice_outputs(
+    item: Slice, boxes: Boxes, names: dict[int, str], out: Path
+) -> dict[str, Any]:
+    """NAME.txt, NAME.json and NAME.png of one slice; returns its JSON record."""
+    height, width = item.pixels.shape
+    record = boxes_record(item, boxes, names)
+    with atomic_output(out / f"{item.name}.txt") as temporary:
+        temporary.write_text(yolo_lines(boxes, width=width, height=height))
+    with atomic_output(out / f"{item.name}.json") as temporary:
+        temporary.write_text(json.dumps(record, indent=1) + "\n")
+    with atomic_output(out / f"{item.name}.png") as temporary:
+        if not cv2.imwrite(str(temporary), overlay(item.pixels, boxes, names)):
+            raise MedlensError("OpenCV could not write the overlay", path=out / f"{item.name}.png")
+    return record
+
+
+def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    """detections.csv: one row per box, and one row per image without boxes."""
     with (
-        atomic_output(out / "detections.csv") as temporary,
+        atomic_output(path) as temporary,
         open(temporary, "w", newline="") as handle,
     ):
         writer = csv.writer(handle)
@@ -405,9 +475,3 @@ def run_detection(
                         *box["size_mm"],
                     ]
                 )
-    dicom = [(item, boxes) for item, boxes in results if item.source is not None]
-    if dicom:
-        base = Path(source)
-        stem = base.name if base.is_dir() else base.name[: len(base.name) - len(full_suffix(base))]
-        write_sr(out / f"{stem}_sr.dcm", dicom, names, card)
-    return records

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medlens.errors import MedlensError, MedlensWarning
+from medlens.errors import MedlensError, MedlensWarning, failed_inputs_error
 from medlens.image import Image
 from medlens.infer.segmentation import predict_images
 from medlens.io.atomic import full_suffix, prepare_output
@@ -190,6 +190,16 @@ def plan_jobs(
         else:  # a DICOM series folder
             target = output if _has_image_suffix(output) else output / f"{source.name}.dcm"
             jobs.append(PredictionJob(source, target, dicom=True))
+    by_output: dict[Path, Path] = {}
+    for job in jobs:
+        if job.output in by_output:
+            raise MedlensError(
+                f"{by_output[job.output].name} and {job.source.name} would both write "
+                f"{job.output.name}",
+                path=source,
+                hint="rename one of them or run them separately",
+            )
+        by_output[job.output] = job.source
     for job in jobs:
         if job.output.suffix.lower() == ".dcm" and not job.dicom:
             raise MedlensError(
@@ -345,16 +355,5 @@ def predict_paths(
     if page is not None:
         written.append(page.write(html))
     if failed:
-        raise _failed_inputs_error(failed, total=len(jobs))
+        raise failed_inputs_error(failed, total=len(jobs), task="segmented")
     return written
-
-
-def _failed_inputs_error(failed: list[MedlensError], *, total: int) -> MedlensError:
-    """One error naming every input of a folder run that could not be segmented."""
-    shown = "".join(f"\n  {error}" for error in failed[:5])
-    more = f"\n  and {len(failed) - 5} more" if len(failed) > 5 else ""
-    return MedlensError(
-        f"{len(failed)} of {total} inputs could not be segmented (the others were written):"
-        f"{shown}{more}\nfix or remove them, then run them alone (or the folder again with "
-        "--overwrite)"
-    )
