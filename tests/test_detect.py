@@ -585,6 +585,20 @@ def test_detect_refuses_an_earlier_runs_results_without_overwrite(
     assert run_cli(["detect", "kidney-stones", str(image), str(out), "--overwrite"]) == 0
 
 
+@needs_model
+def test_overwrite_never_replaces_an_input_slice_with_its_overlay(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jpeg = example_slices(examples, tmp_path / "slices")[0]
+    png = jpeg.with_suffix(".png")
+    cv2.imwrite(str(png), cv2.imread(str(jpeg)))
+    jpeg.unlink()
+    before = png.read_bytes()
+    assert run_cli(["detect", "kidney-stones", str(png), str(png.parent), "--overwrite"]) == 2
+    assert "would replace an input image" in capsys.readouterr().err
+    assert png.read_bytes() == before and not png.with_suffix(".txt").exists()
+
+
 def test_two_slices_writing_the_same_names_are_refused_before_any_work(
     examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -580,6 +580,19 @@ def test_two_frames_that_would_write_one_mask_are_refused_before_any_work(
     assert not out.exists()
 
 
+def test_overwrite_never_replaces_the_input_frames_with_masks(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    jpeg = sorted((examples / "kvasir" / "images").glob("*.jpg"))[0]
+    cv2.imwrite(str(frames / "frame.png"), cv2.imread(str(jpeg)))
+    before = (frames / "frame.png").read_bytes()
+    assert run_cli(["predict", "polyp", str(frames), str(frames), "--overwrite"]) == 2
+    assert "would replace an input image" in capsys.readouterr().err
+    assert (frames / "frame.png").read_bytes() == before
+
+
 def test_predict_dicom_study_writes_a_seg_readable_by_highdicom(
     hippocampus_run: Path, examples: Path, tmp_path: Path
 ) -> None:

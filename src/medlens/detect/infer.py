@@ -150,11 +150,21 @@ def check_outputs(inputs: list[Path], out: Path, *, overwrite: bool) -> None:
                 hint="rename one of them or run them separately",
             )
         by_stem[stem] = path
-    if overwrite or not out.is_dir():
+    if not out.is_dir():
         return
     names = ["detections.csv"] + [
         f"{stem}{suffix}" for stem in by_stem for suffix in (".txt", ".json", ".png", "_sr.dcm")
     ]
+    sources = {path.resolve() for path in inputs}
+    replaced = next((name for name in names if (out / name).resolve() in sources), None)
+    if replaced is not None:  # --overwrite must never replace the user's images
+        raise MedlensError(
+            f"the output {replaced} would replace an input image",
+            path=out,
+            hint="write to a folder apart from the inputs",
+        )
+    if overwrite:
+        return
     existing = next((name for name in names if (out / name).exists()), None)
     if existing is not None:
         raise MedlensError(

@@ -200,7 +200,14 @@ def plan_jobs(
                 hint="rename one of them or run them separately",
             )
         by_output[job.output] = job.source
+    inputs = {job.source.resolve() for job in jobs}
     for job in jobs:
+        if job.output.resolve() in inputs:  # --overwrite must never replace the user's images
+            raise MedlensError(
+                f"the output {job.output.name} would replace an input image",
+                path=job.output,
+                hint="write to a folder apart from the inputs",
+            )
         if job.output.suffix.lower() == ".dcm" and not job.dicom:
             raise MedlensError(
                 "DICOM SEG output needs a DICOM input series",
