@@ -142,6 +142,19 @@ def test_resume_continues_from_the_saved_iteration(hippocampus_run: Path, tmp_pa
     assert (run / "log.csv").read_text().splitlines()[-1].startswith("3,")
 
 
+def test_a_finished_run_is_neither_replaced_nor_resumed_on_other_data(
+    hippocampus_run: Path, examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(hippocampus_run, run)
+    before = (run / "checkpoint.pt").read_bytes()
+    assert train(examples / "hippocampus", run, "--iterations", "3") == 2
+    assert "already has a checkpoint; pass --resume" in capsys.readouterr().err
+    assert train(examples / "kvasir", run, "--iterations", "6", "--resume") == 2
+    assert "the run was trained on" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
 def test_ema_decay_validates_and_ships_the_moving_average(examples: Path, tmp_path: Path) -> None:
     """With ``--ema-decay`` the shipped weights are the checkpoint's averaged weights, not the
     last step's, and the card says so."""

@@ -696,11 +696,25 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         else None
     )
 
+    if checkpoint_path.is_file() and not config.resume:  # hours of training are not replaced
+        raise MedlensError(
+            "run folder already has a checkpoint",
+            path=out,
+            hint="pass --resume to continue it, or a new --out",
+        )
     resume_state = _read_resume_state(config, checkpoint_path) if config.resume else None
 
     if resume_state is not None:
         plan = SegmentationPlan.from_dict(resume_state["plan"])
         train_ids, val_ids = resume_state["split"]["train"], resume_state["split"]["val"]
+        missing = [case for case in [*train_ids, *val_ids] if case not in by_id]
+        if missing:
+            raise MedlensError(
+                f"the run was trained on {len(missing)} case(s) that {config.data} lacks "
+                f"(e.g. {missing[0]})",
+                path=out,
+                hint="resume with the DATA (and --max-cases) the run started with",
+            )
         fold = resume_state["split"].get("fold", config.fold)
         fingerprint_dict = resume_state.get("fingerprint", {})
         groups = None
