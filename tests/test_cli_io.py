@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -303,6 +304,21 @@ def test_existing_output_needs_overwrite(hcrop: Path, out: Path, capsys) -> None
     assert code == 0, err
     assert read_image(target).spatial_shape == (35, 51, 32)
     assert sorted(p.name for p in out.iterdir()) == ["ct.nii.gz"]
+
+
+def test_overwrite_never_replaces_the_input_images(tmp_path: Path, capsys) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    frame = frames / "frame.png"
+    cv2.imwrite(str(frame), np.full((32, 48, 3), 90, np.uint8))
+    before = frame.read_bytes()
+    for command in (
+        ["preprocess", frames, frames, "--pipeline", "endoscopy", "--overwrite"],
+        ["convert", frame, frame, "--overwrite"],
+    ):
+        code, _, err = run(command, capsys)
+        assert_user_error(code, err, "would replace an input", "apart from the inputs")
+    assert frame.read_bytes() == before
 
 
 def test_non_uniform_series_through_the_cli(hcrop: Path, tmp_path: Path, out: Path, capsys) -> None:

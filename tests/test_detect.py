@@ -595,7 +595,7 @@ def test_overwrite_never_replaces_an_input_slice_with_its_overlay(
     jpeg.unlink()
     before = png.read_bytes()
     assert run_cli(["detect", "kidney-stones", str(png), str(png.parent), "--overwrite"]) == 2
-    assert "would replace an input image" in capsys.readouterr().err
+    assert "would replace an input" in capsys.readouterr().err
     assert png.read_bytes() == before and not png.with_suffix(".txt").exists()
 
 

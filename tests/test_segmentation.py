@@ -602,7 +602,7 @@ def test_overwrite_never_replaces_the_input_frames_with_masks(
     cv2.imwrite(str(frames / "frame.png"), cv2.imread(str(jpeg)))
     before = (frames / "frame.png").read_bytes()
     assert run_cli(["predict", "polyp", str(frames), str(frames), "--overwrite"]) == 2
-    assert "would replace an input image" in capsys.readouterr().err
+    assert "would replace an input" in capsys.readouterr().err
     assert (frames / "frame.png").read_bytes() == before
 
 

@@ -149,8 +149,9 @@ def convert(
     --reference study/``.
     """
     from medlens.io import read_image, write_image
-    from medlens.io.atomic import prepare_output
+    from medlens.io.atomic import prepare_output, refuse_replacing_inputs
 
+    refuse_replacing_inputs([source], [output])
     prepare_output(output, overwrite=overwrite)  # fail before the (slow) read
     image = read_image(source, series_uid=series, resample_nonuniform=resample_nonuniform)
     if channel is not None:

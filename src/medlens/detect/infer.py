@@ -30,7 +30,7 @@ from medlens.detect.predict import Detector
 from medlens.detect.rescore import BoxRescoring
 from medlens.errors import MedlensError, failed_inputs_error
 from medlens.image import Image
-from medlens.io.atomic import atomic_output, full_suffix
+from medlens.io.atomic import atomic_output, full_suffix, refuse_replacing_inputs
 
 _RASTER_FORMATS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp")
 
@@ -155,14 +155,7 @@ def check_outputs(inputs: list[Path], out: Path, *, overwrite: bool) -> None:
     names = ["detections.csv"] + [
         f"{stem}{suffix}" for stem in by_stem for suffix in (".txt", ".json", ".png", "_sr.dcm")
     ]
-    sources = {path.resolve() for path in inputs}
-    replaced = next((name for name in names if (out / name).resolve() in sources), None)
-    if replaced is not None:  # --overwrite must never replace the user's images
-        raise MedlensError(
-            f"the output {replaced} would replace an input image",
-            path=out,
-            hint="write to a folder apart from the inputs",
-        )
+    refuse_replacing_inputs(inputs, [out / name for name in names])
     if overwrite:
         return
     existing = next((name for name in names if (out / name).exists()), None)

@@ -27,7 +27,7 @@ import torch
 from medlens.errors import MedlensError, MedlensWarning, failed_inputs_error
 from medlens.image import Image
 from medlens.infer.segmentation import predict_images
-from medlens.io.atomic import full_suffix, prepare_output
+from medlens.io.atomic import full_suffix, prepare_output, refuse_replacing_inputs
 from medlens.models.segmentation import SegmentationPlan
 
 _FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
@@ -200,14 +200,8 @@ def plan_jobs(
                 hint="rename one of them or run them separately",
             )
         by_output[job.output] = job.source
-    inputs = {job.source.resolve() for job in jobs}
+    refuse_replacing_inputs([job.source for job in jobs], [job.output for job in jobs])
     for job in jobs:
-        if job.output.resolve() in inputs:  # --overwrite must never replace the user's images
-            raise MedlensError(
-                f"the output {job.output.name} would replace an input image",
-                path=job.output,
-                hint="write to a folder apart from the inputs",
-            )
         if job.output.suffix.lower() == ".dcm" and not job.dicom:
             raise MedlensError(
                 "DICOM SEG output needs a DICOM input series",

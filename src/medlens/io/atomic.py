@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from medlens.errors import MedlensError
@@ -66,6 +66,30 @@ def prepare_output(path: str | Path, *, overwrite: bool = True) -> Path:
     os.close(handle)
     os.unlink(probe)
     return path
+
+
+def refuse_replacing_inputs(inputs: Iterable[Path], outputs: Iterable[Path]) -> None:
+    """Refuse an output that is one of the inputs, even with ``--overwrite``.
+
+    Raw scans and frames are what a user cannot get back; write results next to them, not
+    over them.
+
+    Example:
+        >>> refuse_replacing_inputs([Path("a.png")], [Path("out/a.png")])  # fine
+        >>> try:
+        ...     refuse_replacing_inputs([Path("a.png")], [Path("./a.png")])
+        ... except MedlensError as error:
+        ...     print(error.message)
+        this output would replace an input
+    """
+    sources = {Path(path).resolve() for path in inputs}
+    for output in outputs:
+        if Path(output).resolve() in sources:
+            raise MedlensError(
+                "this output would replace an input",
+                path=output,
+                hint="write it to a folder apart from the inputs",
+            )
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medlens.errors import MedlensError
-from medlens.io.atomic import full_suffix
+from medlens.io.atomic import full_suffix, refuse_replacing_inputs
 from medlens.preprocess.atomic_text import write_text_atomic
 from medlens.preprocess.pipeline import Pipeline
 
@@ -65,6 +65,7 @@ def preprocess_path(
 
     source, output = Path(source), Path(output)
     pairs = plan_outputs(source, output)
+    refuse_replacing_inputs([path_in for path_in, _ in pairs], [path_out for _, path_out in pairs])
     if not overwrite:
         existing = [str(out) for _, out in pairs if out.exists()]
         if existing:
