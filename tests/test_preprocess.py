@@ -466,6 +466,36 @@ def test_cli_preprocess_folder_with_yaml(shared_data: Path, tmp_path: Path, caps
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_a_bad_image_in_a_folder_is_named_after_the_others_are_preprocessed(
+    shared_data: Path, tmp_path: Path, capsys
+) -> None:
+    from medlens.cli import main
+
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("hippocampus_001", "hippocampus_003"):
+        (source / f"{name}.nii.gz").write_bytes(
+            (shared_data / "hippocampus/imagesTr" / f"{name}.nii.gz").read_bytes()
+        )
+    (source / "hippocampus_002.nii.gz").write_bytes(b"not gzip")  # sorted between the two
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["preprocess", str(source), str(out), "--pipeline", "mri"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "1 of 3 inputs could not be preprocessed" in err and "hippocampus_002.nii.gz" in err
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert sorted(Path(p).name for p in provenance["images"]) == [
+        "hippocampus_001.nii.gz",
+        "hippocampus_003.nii.gz",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "hippocampus_001.nii.gz",
+        "hippocampus_003.nii.gz",
+        "provenance.json",
+    ]
+
+
 def test_cli_bad_pipeline_exits_2(shared_data: Path, tmp_path: Path, capsys) -> None:
     from medlens.cli import main
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from medlens.errors import MedlensError
+from medlens.errors import MedlensError, failed_inputs_error
 from medlens.io.atomic import full_suffix, refuse_replacing_inputs
 from medlens.preprocess.atomic_text import write_text_atomic
 from medlens.preprocess.pipeline import Pipeline
@@ -59,7 +59,9 @@ def preprocess_path(
     """Apply ``pipeline`` to every image and write results plus ``provenance.json``.
 
     Every file is written atomically; existing outputs are an error unless ``overwrite``
-    (checked for all files before any work starts).
+    (checked for all files before any work starts). In a folder, an image that cannot be read
+    or processed does not stop the others: they are written, with the provenance, and then
+    one error names every failed image.
     """
     from medlens.io import read_image, write_image
 
@@ -75,8 +77,15 @@ def preprocess_path(
             )
     provenance: dict[str, object] = {"pipeline": pipeline.to_dict(), "images": {}}
     written = []
+    failed: list[MedlensError] = []
     for index, (path_in, path_out) in enumerate(pairs):
-        image = pipeline(read_image(path_in))
+        try:
+            image = pipeline(read_image(path_in))
+        except MedlensError as error:
+            if len(pairs) == 1:
+                raise
+            failed.append(error)
+            continue
         write_image(image, path_out, overwrite=True)
         provenance["images"][str(path_out)] = {  # type: ignore[index]
             "source": str(path_in),
@@ -87,11 +96,14 @@ def preprocess_path(
         written.append(path_out)
         if on_progress is not None:
             on_progress(index + 1, len(pairs), path_in)
-    folder = output if output.is_dir() else None
-    record_path = (
-        folder / "provenance.json"
-        if folder is not None
-        else written[0].with_name(written[0].name + ".provenance.json")
-    )
-    write_text_atomic(record_path, json.dumps(provenance, indent=1, default=str))
+    if written:
+        folder = output if output.is_dir() else None
+        record_path = (
+            folder / "provenance.json"
+            if folder is not None
+            else written[0].with_name(written[0].name + ".provenance.json")
+        )
+        write_text_atomic(record_path, json.dumps(provenance, indent=1, default=str))
+    if failed:
+        raise failed_inputs_error(failed, total=len(pairs), task="preprocessed")
     return written
