@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,22 @@ def postprocess(mask: np.ndarray, kind: str, share: float = 0.0) -> np.ndarray:
     return keep[components - 1] & mask
 
 
+def chosen_on_other_folds(
+    by_option: np.ndarray, folds: np.ndarray, options: Sequence[float]
+) -> tuple[np.ndarray, str, str]:
+    """Per-frame Dice with each fold scored at the option best on the other folds (leave one
+    fold out); also the picks and the mean Dice per option, as text. ``by_option``: (frames,
+    options)."""
+    chosen = np.empty(len(by_option))
+    picks = []
+    for fold in np.unique(folds):
+        best = int(np.argmax(by_option[folds != fold].mean(0)))
+        chosen[folds == fold] = by_option[folds == fold, best]
+        picks.append(f"{options[best]:.2f}")
+    curve = ", ".join(f"{o:.2f}: {m:.4f}" for o, m in zip(options, by_option.mean(0), strict=True))
+    return chosen, "/".join(picks), curve
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", type=Path)
@@ -156,17 +173,8 @@ def main() -> None:
     for mirrors in ([()], list(MIRRORS)):
         combo = [(plan_size, m) for m in mirrors]
         by_threshold = np.stack([scores(combo, t) for t in THRESHOLDS], axis=1)
-        chosen = np.empty(len(truths))
-        picks = []
-        for fold in np.unique(folds):
-            best = int(np.argmax(by_threshold[folds != fold].mean(0)))
-            chosen[folds == fold] = by_threshold[folds == fold, best]
-            picks.append(f"{THRESHOLDS[best]:.2f}")
-        curve = ", ".join(
-            f"{t:.2f}: {m:.4f}" for t, m in zip(THRESHOLDS, by_threshold.mean(0), strict=True)
-        )
-        name = f"threshold chosen on the other folds ({'/'.join(picks)})"
-        print(line(name, len(mirrors), chosen))
+        chosen, picks, curve = chosen_on_other_folds(by_threshold, folds, THRESHOLDS)
+        print(line(f"threshold chosen on the other folds ({picks})", len(mirrors), chosen))
         print(f"|   by threshold: {curve} | | | |")
     # post-processing, on one pass and on the four mirrorings
     for mirrors in ([()], list(MIRRORS)):
@@ -180,16 +188,8 @@ def main() -> None:
                 )
             )
         by_share = np.stack([scores(combo, post=("share", f)) for f in SHARES], axis=1)
-        chosen = np.empty(len(truths))
-        picks = []
-        for fold in np.unique(folds):
-            best = int(np.argmax(by_share[folds != fold].mean(0)))
-            chosen[folds == fold] = by_share[folds == fold, best]
-            picks.append(f"{SHARES[best]:.2f}")
-        curve = ", ".join(
-            f"{f:.2f}: {m:.4f}" for f, m in zip(SHARES, by_share.mean(0), strict=True)
-        )
-        name = f"small components dropped, share chosen on the other folds ({'/'.join(picks)})"
+        chosen, picks, curve = chosen_on_other_folds(by_share, folds, SHARES)
+        name = f"small components dropped, share chosen on the other folds ({picks})"
         print(line(f"{name}, {len(mirrors)} mirroring(s)", len(mirrors), chosen))
         print(f"|   by share: {curve} | | | |")
     for count in range(1, len(MIRRORS) + 1):

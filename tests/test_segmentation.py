@@ -579,14 +579,20 @@ def test_bad_frames_in_a_folder_are_named_after_the_good_ones_are_segmented(
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in good)
 
 
-def test_two_frames_that_would_write_one_mask_are_refused_before_any_work(
-    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def png_frame_folder(examples: Path, tmp_path: Path) -> Path:
+    """tmp_path/frames holding frame.png, a Kvasir example frame as PNG."""
     frames = tmp_path / "frames"
     frames.mkdir()
     jpeg = sorted((examples / "kvasir" / "images").glob("*.jpg"))[0]
-    shutil.copy(jpeg, frames / "frame.jpg")
     cv2.imwrite(str(frames / "frame.png"), cv2.imread(str(jpeg)))
+    return frames
+
+
+def test_two_frames_that_would_write_one_mask_are_refused_before_any_work(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frames = png_frame_folder(examples, tmp_path)
+    shutil.copy(sorted((examples / "kvasir" / "images").glob("*.jpg"))[0], frames / "frame.jpg")
     out = tmp_path / "masks"
     assert run_cli(["predict", "polyp", str(frames), str(out)]) == 2
     assert "frame.jpg and frame.png would both write frame.png" in capsys.readouterr().err
@@ -596,10 +602,7 @@ def test_two_frames_that_would_write_one_mask_are_refused_before_any_work(
 def test_overwrite_never_replaces_the_input_frames_with_masks(
     examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    jpeg = sorted((examples / "kvasir" / "images").glob("*.jpg"))[0]
-    cv2.imwrite(str(frames / "frame.png"), cv2.imread(str(jpeg)))
+    frames = png_frame_folder(examples, tmp_path)
     before = (frames / "frame.png").read_bytes()
     assert run_cli(["predict", "polyp", str(frames), str(frames), "--overwrite"]) == 2
     assert "would replace an input" in capsys.readouterr().err
