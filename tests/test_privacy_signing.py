@@ -55,6 +55,18 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
     return private, public
 
 
+def test_keygen_never_replaces_a_key_and_writes_neither_file_when_refused(
+    keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = keys
+    before = private.read_bytes(), public.read_bytes()
+    assert run("keygen", private, tmp_path / "new.pub") == 2
+    assert "keys are never overwritten" in capsys.readouterr().err
+    assert run("keygen", tmp_path / "new.key", public) == 2  # the private key is not written
+    assert not (tmp_path / "new.key").exists() and not (tmp_path / "new.pub").exists()
+    assert (private.read_bytes(), public.read_bytes()) == before
+
+
 def test_signed_model_verifies_and_loads_with_the_team_key(model_folder: Path, keys) -> None:
     private, public = keys
     assert run("sign", model_folder, "--key", private) == 0

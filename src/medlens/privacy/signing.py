@@ -29,7 +29,24 @@ _MESSAGE_TAG = b"medlens-model-signature-v1\n"
 
 
 def generate_keypair(private_path: str | Path, public_path: str | Path) -> None:
-    """Write a new Ed25519 key pair (private key file readable by the owner only)."""
+    """Write a new Ed25519 key pair (private key file readable by the owner only).
+
+    Never replaces a key: both paths are checked before either is written, so a refused run
+    leaves no private key without its public one.
+    """
+    if Path(private_path).resolve() == Path(public_path).resolve():
+        raise MedlensError(
+            "the private and the public key need two files",
+            path=private_path,
+            hint="e.g. team.key team.pub",
+        )
+    for path in (private_path, public_path):
+        if Path(path).exists():
+            raise MedlensError(
+                "a file exists there; keys are never overwritten",
+                path=path,
+                hint="choose another name, or move the old key away yourself",
+            )
     private_key = Ed25519PrivateKey.generate()
     private_pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
