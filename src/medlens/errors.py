@@ -45,9 +45,14 @@ def failed_inputs_error(failed: list[MedlensError], *, total: int, task: str) ->
         1 of 3 inputs could not be segmented (the others were written):
           b.jpg: truncated JPEG
         fix or remove them, then run them alone (or the folder again with --overwrite)
+        >>> print(failed_inputs_error(bad, total=1, task="segmented"))
+        none of the 1 inputs could be segmented:
+          b.jpg: truncated JPEG
     """
     shown = "".join(f"\n  {error}" for error in failed[:5])
     more = f"\n  and {len(failed) - 5} more" if len(failed) > 5 else ""
+    if len(failed) == total:
+        return MedlensError(f"none of the {total} inputs could be {task}:{shown}{more}")
     return MedlensError(
         f"{len(failed)} of {total} inputs could not be {task} (the others were written):"
         f"{shown}{more}\nfix or remove them, then run them alone (or the folder again with "
