@@ -279,6 +279,10 @@ def test_train_writes_a_loadable_model_and_resume_continues(stones: Path, tmp_pa
 
     # a second run into the same folder must not silently overwrite it
     assert run_cli(["train", "detect", str(stones), "--out", str(run), *TRAIN_ARGS]) == 2
+    # nor be resumed on other classes
+    two_classes = ["0=stone,1=cyst" if arg == "0=stone" else arg for arg in TRAIN_ARGS]
+    command = ["train", "detect", str(stones), "--out", str(run), "--resume", *two_classes]
+    assert run_cli(command) == 2
     assert (
         run_cli(
             [

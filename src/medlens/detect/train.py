@@ -330,7 +330,16 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         )
 
     if config.resume:  # the architecture follows the checkpoint (older runs: size_offset)
-        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["config"]
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        trained_names = checkpoint.get("names")  # runs before 2026-12-05 did not record them
+        if trained_names is not None and dict(trained_names) != dict(names):
+            raise MedlensError(
+                f"the run was trained on classes {dict(trained_names)}, this data has "
+                f"{dict(names)}",
+                path=out,
+                hint="resume with the data the run started on, or start a new run with --init",
+            )
+        saved = checkpoint["config"]
         config = dataclasses.replace(
             config,
             box_encoding=saved.get("box_encoding", "size_offset"),
@@ -595,6 +604,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             "history": history,
             "best_ap50": best,
             "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
+            "names": dict(names),
         }
         if ema is not None:
             state["ema"] = ema.state_dict()
