@@ -615,6 +615,18 @@ def test_two_slices_writing_the_same_names_are_refused_before_any_work(
 
 
 @needs_model
+def test_a_series_without_type2_patient_attributes_still_gets_its_sr(
+    examples: Path, tmp_path: Path
+) -> None:
+    series = examples / "dicom" / "hippocampus-study1"  # no PatientBirthDate, no PatientSex
+    assert "PatientBirthDate" not in pydicom.dcmread(next(series.glob("*.dcm")))
+    out = tmp_path / "out"
+    assert run_cli(["detect", "kidney-stones", str(series), str(out)]) == 0
+    sr = pydicom.dcmread(out / "hippocampus-study1_sr.dcm")
+    assert sr.PatientBirthDate == "" and sr.PatientID
+
+
+@needs_model
 def test_dicom_without_findings_still_gets_an_sr_and_empty_outputs(
     shared_data: Path, tmp_path: Path
 ) -> None:

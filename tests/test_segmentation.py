@@ -626,6 +626,18 @@ def test_predict_dicom_study_writes_a_seg_readable_by_highdicom(
         assert read_image(out).same_grid(source, tolerance_mm=1e-2)
 
 
+def test_a_seg_written_into_the_study_folder_does_not_stop_the_next_run(
+    examples: Path, tmp_path: Path
+) -> None:
+    """A study folder often holds segmentations beside its images (a PACS export, or the SEG
+    of an earlier run): with one image series, that series is read without --series."""
+    study = tmp_path / "study"
+    shutil.copytree(examples / "dicom" / "hippocampus-study1", study)
+    assert run_cli(["predict", "hippocampus", str(study), str(study / "seg.dcm")]) == 0
+    assert run_cli(["predict", "hippocampus", str(study), str(tmp_path / "again.dcm")]) == 0
+    assert read_image(tmp_path / "again.dcm").same_grid(read_image(study / "seg.dcm"))
+
+
 def test_readme_demo_writes_seg_nifti_and_an_overlay_page(examples: Path, tmp_path: Path) -> None:
     """The README's main job: one prediction of the shipped model, written as DICOM SEG, as
     NIfTI (``--also``) and as an HTML page of overlays and label volumes (``--html``)."""

@@ -13,6 +13,7 @@ import numpy as np
 
 from medlens.detect.boxes import Boxes
 from medlens.io.atomic import atomic_output
+from medlens.io.dicom import fill_type2_attributes
 
 if TYPE_CHECKING:
     from medlens.detect.infer import Slice
@@ -37,7 +38,7 @@ def write_sr(
     source_files = results[0][0].image.metadata.get("source_files", [])
     evidence_by_uid = {}
     for file in source_files:
-        dataset = pydicom.dcmread(file)
+        dataset = fill_type2_attributes(pydicom.dcmread(file))
         evidence_by_uid[dataset.SOPInstanceUID] = dataset
     algorithm = hd.sr.AlgorithmIdentification(
         name=f"medlens {card.name}", version=card.sha256[:12] or "1"

@@ -223,20 +223,9 @@ def plan_jobs(
 
 
 def _read_input(job: PredictionJob, series: str | None) -> Image:
-    from medlens.io import list_series, read_image
+    from medlens.io import read_image
 
-    if job.dicom and job.source.is_dir() and series is None:
-        found = list_series(job.source)
-        if len(found) > 1:
-            listing = ", ".join(
-                f"{s.series_instance_uid} ({s.modality} {s.description})" for s in found
-            )
-            raise MedlensError(
-                f"folder holds {len(found)} DICOM series: {listing}",
-                path=job.source,
-                hint="pick one with --series UID (see medlens info)",
-            )
-    return read_image(job.source, series_uid=series)
+    return read_image(job.source, series_uid=series)  # several series: asks for --series
 
 
 def _to_output_image(label: Image, plan: SegmentationPlan, output: Path) -> Image:

@@ -154,6 +154,31 @@ def _read_headers(files: Sequence[Path]) -> list[Dataset | None]:
     return [_read_header(file) for file in files]
 
 
+#: Type 2 patient and study attributes that highdicom copies from the source images into a
+#: derived object (SEG, SR); real exports often omit them
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def fill_type2_attributes(dataset: Dataset) -> Dataset:
+    """Add the :data:`TYPE2_COPIED` attributes ``dataset`` lacks, present but empty (valid for
+    Type 2), so highdicom can derive a SEG or SR from it (e.g. the hippocampus crops have no
+    PatientBirthDate)."""
+    for keyword in TYPE2_COPIED:
+        if keyword not in dataset:
+            setattr(dataset, keyword, None)
+    return dataset
+
+
 def list_series(folder: str | Path) -> list[SeriesInfo]:
     """The series in a DICOM folder (recursively), largest first."""
     datasets = [ds for ds in _read_headers(_list_files(Path(folder))) if ds]
@@ -167,6 +192,10 @@ def _group_by_series(datasets: Sequence[Dataset]) -> dict[str, list[Dataset]]:
             continue  # SR, presentation states and other non-image objects
         groups.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append(dataset)
     return groups
+
+
+def _is_seg(group: Sequence[Dataset]) -> bool:
+    return group[0].get("Modality") == "SEG"
 
 
 def _summarise_series(groups: dict[str, list[Dataset]]) -> list[SeriesInfo]:
@@ -191,7 +220,8 @@ def read_dicom(
     """Read a DICOM file or series folder into an :class:`Image` (LPS geometry).
 
     Args:
-        path: a DICOM file, or a folder holding one series (searched recursively).
+        path: a DICOM file, or a folder holding one series (searched recursively); a folder
+            with one image series and DICOM SEG objects reads the image series.
         series_uid: SeriesInstanceUID to pick when the folder holds several series.
         resample_nonuniform: linearly resample a series with non-uniform slice spacing onto
             a uniform grid instead of refusing it.
@@ -240,6 +270,7 @@ def read_dicom(
             MedlensWarning,
             stacklevel=2,
         )
+    image_groups = [group for group in groups.values() if not _is_seg(group)]
     if series_uid is not None:
         if series_uid not in groups:
             raise MedlensError(
@@ -249,6 +280,10 @@ def read_dicom(
                 hint="pass one of these UIDs to --series",
             )
         chosen = groups[series_uid]
+    elif len(groups) > 1 and len(image_groups) == 1:
+        # a study folder holding its image series plus segmentations of it (e.g. the SEG
+        # `medlens predict` wrote there): the image series is what is meant
+        chosen = image_groups[0]
     elif len(groups) > 1:
         raise MedlensError(
             f"folder holds {len(groups)} series: "
@@ -258,7 +293,7 @@ def read_dicom(
         )
     else:
         chosen = next(iter(groups.values()))
-    if chosen[0].get("Modality") == "SEG":
+    if _is_seg(chosen):
         from medlens.io.seg import read_dicom_seg
 
         return read_dicom_seg(Path(chosen[0].filename))

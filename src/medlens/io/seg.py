@@ -17,20 +17,10 @@ from pydicom.sr.codedict import codes
 from medlens.errors import MedlensError
 from medlens.image import Image
 from medlens.io.atomic import atomic_output
+from medlens.io.dicom import fill_type2_attributes
 from medlens.io.nifti import geometry_from_affine
 
 _CATEGORY = codes.SCT.Tissue
-_TYPE2_COPIED = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
 _TYPE = hd.sr.CodedConcept(
     value="91723000", scheme_designator="SCT", meaning="Anatomical Structure"
 )
@@ -96,13 +86,7 @@ def write_dicom_seg(
     frames = lookup[values[0].transpose(2, 1, 0)]
 
     source_files = reference.metadata["source_files"]
-    sources = [pydicom.dcmread(f) for f in source_files]
-    for source in sources:
-        # Type-2 patient/study attributes that highdicom copies but real exports often omit
-        # (e.g. the hippocampus crops have no PatientBirthDate): present but empty is valid.
-        for keyword in _TYPE2_COPIED:
-            if keyword not in source:
-                setattr(source, keyword, None)
+    sources = [fill_type2_attributes(pydicom.dcmread(f)) for f in source_files]
     if len(sources) != frames.shape[0]:
         raise MedlensError(
             "multi-frame source series are not supported for DICOM SEG output yet",
