@@ -615,6 +615,24 @@ def test_two_slices_writing_the_same_names_are_refused_before_any_work(
 
 
 @needs_model
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("gpu", "unknown device 'gpu'"), ("cuda:7", "--device cuda:7 but")],
+)
+def test_a_device_that_is_not_there_is_a_one_line_error(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str, message: str
+) -> None:
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    image = example_slices(examples, tmp_path / "slices")[0]
+    for command in (["detect", "kidney-stones"], ["predict", "polyp"]):
+        out = tmp_path / command[0]
+        assert run_cli([*command, str(image), str(out), "--device", device]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+
+
+@needs_model
 def test_a_series_without_type2_patient_attributes_still_gets_its_sr(
     examples: Path, tmp_path: Path
 ) -> None:

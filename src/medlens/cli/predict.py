@@ -32,7 +32,7 @@ def detect(
         ),
     ] = 0.25,
     series: SeriesOption = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     engine: EngineOption = "auto",
     overwrite: Annotated[
         bool, typer.Option(help="Replace the results of an earlier run in OUT.")
@@ -147,7 +147,7 @@ def predict(
             help="Spatial axes TTA mirrors, e.g. 0,1 (default: the plan's; hippocampus 0).",
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     engine: SegmentationEngineOption = "auto",
     series: SeriesOption = None,
     batch_size: Annotated[int, typer.Option(help="Sliding-window patches per network batch.")] = 8,

@@ -72,7 +72,7 @@ def train_detect(
     limit: Annotated[int | None, typer.Option(help="Use only N training images.")] = None,
     val_limit: Annotated[int | None, typer.Option(help="Use only N validation images.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     rescore: Annotated[
         bool,
         typer.Option(
@@ -249,7 +249,7 @@ def train_seg(
         ),
     ] = False,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.pt.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     amp: Annotated[
         bool,
         typer.Option(

@@ -28,6 +28,7 @@ from medlens.detect.data import IMAGE_SUFFIXES
 from medlens.detect.predict import Detector
 from medlens.detect.rescore import BoxRescoring
 from medlens.detect.sr import write_sr
+from medlens.devices import torch_device
 from medlens.errors import MedlensError, failed_inputs_error
 from medlens.image import Image
 from medlens.io.atomic import atomic_output, full_suffix, refuse_replacing_inputs
@@ -59,6 +60,7 @@ def load_detector(
     from medlens.compress.onnx import inference_engine
     from medlens.models.zoo import load_model
 
+    device = str(torch_device(device))
     network, card = load_model(model, device=device)
     if card.task != "detection":
         raise MedlensError(
@@ -279,6 +281,7 @@ def run_detection(
     they are written, with detections.csv, and then one error names every failed input.
     """
     source, out = Path(source), Path(out)
+    device = str(torch_device(device))
     inputs = detection_inputs(source)
     check_outputs(inputs, out, overwrite=overwrite)
     detector, card = load_detector(model, conf=conf, device=device, engine=engine)

@@ -37,6 +37,7 @@ from medlens.detect.centernet import centernet_loss, make_targets
 from medlens.detect.data import DetectionSample, load_detection_data
 from medlens.detect.model import GREY_MEAN, GREY_STD, OUTPUT_STRIDE, CenterNetDetector
 from medlens.detect.predict import Detector
+from medlens.devices import torch_device
 from medlens.errors import MedlensError
 from medlens.evaluate.detection import (
     average_precision_ci,
@@ -84,12 +85,6 @@ class DetectTrainConfig:
     device: str = "auto"
     rescore: bool = True  # fit the second-stage rescoring at the end (kept if val AP50 holds)
     command: str = ""
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def make_batch(
@@ -298,7 +293,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
     """Train; returns the best validation metrics. See the module docstring for outputs."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = _device(config.device)
+    device = torch_device(config.device)
     out = Path(config.out)
     model_out = Path(config.model_out) if config.model_out else out / "model"
     checkpoint_path = out / "checkpoint.pt"

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medlens.devices import torch_device
 from medlens.errors import MedlensError
 from medlens.io.atomic import atomic_output
 
@@ -168,9 +169,7 @@ def benchmark_model(
     from medlens.io import read_image
     from medlens.models.zoo import load_model
 
-    if options.device.startswith("cuda") and not torch.cuda.is_available():
-        raise MedlensError("device 'cuda' asked for, but no CUDA device is available")
-    device = torch.device(options.device)
+    device = torch_device(options.device)
     network, card = load_model(model, device=device)
     paths = list_inputs(Path(data), options.num_cases)
     inputs = []

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medlens.devices import torch_device
 from medlens.errors import MedlensError, MedlensWarning, failed_inputs_error
 from medlens.image import Image
 from medlens.infer.segmentation import predict_images
@@ -62,8 +63,7 @@ def load_segmenter(
     from medlens.infer.segmentation import uses_amp
     from medlens.models.zoo import load_model
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MedlensError("--device cuda but no CUDA device is available", hint="use --device cpu")
+    device = str(torch_device(device))
     network, card = load_model(model, device=device)
     if card.task != "segmentation" or "plan" not in card.preprocessing:
         raise MedlensError(
@@ -288,6 +288,7 @@ def predict_paths(
         models: list[str | Path] = [name.strip() for name in model.split(",") if name.strip()]
     else:
         models = [model] if isinstance(model, Path) else list(model)
+    device = str(torch_device(device))
     networks, plan, cards = load_segmenters(models, device=device, engine=engine)
     if tta is None:  # the plan decides (nnU-Net mirrors by default)
         tta = plan.test_time_mirroring

@@ -55,6 +55,7 @@ from medlens.data.segmentation import (
     read_dataset_json,
 )
 from medlens.data.splits import make_split, read_split_file, similar_frame_groups
+from medlens.devices import torch_device
 from medlens.errors import MedlensError
 from medlens.infer.segmentation import (
     _autocast,
@@ -387,12 +388,7 @@ def validate(
 def _training_device(config: TrainConfig, distributed: bool) -> tuple[torch.device, str]:
     """The device this process trains on and, under torchrun, the process group's backend
     (the group is started here)."""
-    if config.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(config.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise MedlensError("--device cuda but no CUDA device is available")
+    device = torch_device(config.device)
     backend = config.dist_backend
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
