@@ -257,6 +257,24 @@ TRAIN_ARGS = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--crop-size", "600"], "the crop 32 px up to the input size"),
+        (["--minutes", "0"], "--minutes must be > 0"),
+    ],
+)
+def test_training_options_out_of_range_are_refused_before_any_work(
+    stones: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], option, message
+) -> None:
+    run = tmp_path / "run"
+    assert run_cli(["train", "detect", str(stones), "--out", str(run), *TRAIN_ARGS, *option]) == 2
+    assert message in capsys.readouterr().err
+    assert not run.exists()
+
+
 def test_train_writes_a_loadable_model_and_resume_continues(stones: Path, tmp_path: Path) -> None:
     from medlens.detect.infer import load_detector
 

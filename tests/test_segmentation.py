@@ -142,6 +142,43 @@ def test_resume_continues_from_the_saved_iteration(hippocampus_run: Path, tmp_pa
     assert (run / "log.csv").read_text().splitlines()[-1].startswith("3,")
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--iterations", "0"], "--iterations must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--val-every", "0"], "--val-every must be at least 1"),
+        (["--fold", "0", "--folds", "1"], "--folds must be at least 2"),
+        (["--val-fraction", "1"], "--val-fraction must be in (0, 1)"),
+        (["--ema-decay", "1"], "--ema-decay must be in (0, 1)"),
+    ],
+)
+def test_options_out_of_range_are_refused_before_any_work(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], option, message
+) -> None:
+    assert train(examples / "hippocampus", tmp_path / "run", *option) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["polyp", "--batch-size", "0"], "--batch-size"),
+        (["polyp", "--tta-axes", "x"], "--tta-axes takes integers"),
+        (["kidney-stones"], "is a detection model, not a segmentation model; run it with"),
+    ],
+)
+def test_predict_refuses_bad_options_and_a_detector_in_one_line(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args, message
+) -> None:
+    frame = sorted((examples / "kvasir" / "images").glob("*.jpg"))[0]
+    out = tmp_path / "mask.png"
+    assert run_cli(["predict", args[0], str(frame), str(out), *args[1:]]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_finished_run_is_neither_replaced_nor_resumed_on_other_data(
     hippocampus_run: Path, examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

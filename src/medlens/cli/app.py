@@ -88,6 +88,9 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
     if not text:
         return None
     try:
-        return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
     except ValueError:
-        raise MedlensError(f"{option} takes integers like 40x56x40, got '{text}'") from None
+        values = []
+    if not values:
+        raise MedlensError(f"{option} takes integers like 40x56x40 or 0,1, got '{text}'")
+    return values

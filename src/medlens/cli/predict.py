@@ -150,7 +150,9 @@ def predict(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     engine: SegmentationEngineOption = "auto",
     series: SeriesOption = None,
-    batch_size: Annotated[int, typer.Option(help="Sliding-window patches per network batch.")] = 8,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Sliding-window patches per network batch.")
+    ] = 8,
     postprocess: Annotated[
         bool, typer.Option(help="Largest connected component where the plan says so.")
     ] = True,

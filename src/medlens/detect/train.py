@@ -86,6 +86,33 @@ class DetectTrainConfig:
     rescore: bool = True  # fit the second-stage rescoring at the end (kept if val AP50 holds)
     command: str = ""
 
+    def check(self) -> None:
+        """Refuse options out of range, before the data is read."""
+        at_least_one = {
+            "epochs": self.epochs,
+            "batch-size": self.batch_size,
+            "max-iterations": self.max_iterations,
+            "limit": self.limit,
+            "val-limit": self.val_limit,
+            "threads": self.threads,
+        }
+        for option, value in at_least_one.items():
+            if value is not None and value < 1:
+                raise MedlensError(f"--{option} must be at least 1, got {value}")
+        # the feature pyramid's coarsest level is stride 32
+        if self.input_size < 64 or not 32 <= self.crop_size <= self.input_size:
+            raise MedlensError(
+                f"--input-size {self.input_size} / --crop-size {self.crop_size}: the input must "
+                "be at least 64 px and the crop 32 px up to the input size",
+                hint="e.g. --input-size 512 --crop-size 256 (the shipped model)",
+            )
+        if self.lr <= 0 or not 0 <= self.weight_decay < 1:
+            raise MedlensError("--lr must be > 0 and --weight-decay in [0, 1)")
+        if self.minutes is not None and self.minutes <= 0:
+            raise MedlensError(f"--minutes must be > 0, got {self.minutes:g}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise MedlensError(f"--ema-decay must be in (0, 1), got {self.ema_decay:g}")
+
 
 def make_batch(
     samples: list[DetectionSample],
@@ -291,6 +318,7 @@ def _write_csv(history: list[dict[str, float]], path: Path) -> None:
 
 def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:  # noqa: ANN001
     """Train; returns the best validation metrics. See the module docstring for outputs."""
+    config.check()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch_device(config.device)

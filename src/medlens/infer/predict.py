@@ -61,14 +61,17 @@ def load_segmenter(
     """
     from medlens.compress.onnx import inference_engine
     from medlens.infer.segmentation import uses_amp
-    from medlens.models.zoo import load_model
+    from medlens.models.zoo import load_card, load_model
 
     device = str(torch_device(device))
-    network, card = load_model(model, device=device)
+    card = load_card(model)  # the task first: a detector's architecture is not even registered
     if card.task != "segmentation" or "plan" not in card.preprocessing:
+        hint = "run it with `medlens detect`" if card.task == "detection" else ""
         raise MedlensError(
-            f"model '{model}' is a {card.task or 'unknown'} model, not a segmentation model"
+            f"model '{model}' is a {card.task or 'unknown'} model, not a segmentation model",
+            hint=hint,
         )
+    network, card = load_model(model, device=device)
     plan = SegmentationPlan.from_dict(card.preprocessing["plan"])
     if plan.dims == 2:  # channels-last: ~15% faster depthwise/2D convolutions on CPU
         network = network.to(memory_format=torch.channels_last)

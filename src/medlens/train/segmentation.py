@@ -155,6 +155,32 @@ class TrainConfig:
     def check(self, *, distributed: bool = False) -> None:
         """Refuse options out of range or that cannot work together, before any work
         (``distributed``: started by torchrun)."""
+        at_least_one = {
+            "iterations": self.iterations,
+            "val-every": self.val_every,
+            "batch-size": self.batch_size,
+            "filters": self.base_filters,
+            "threads": self.threads,
+            "max-cases": self.max_cases,
+            "folds": None if self.fold is None else self.folds - 1,  # 2 folds at least
+        }
+        for option, value in at_least_one.items():
+            if value is not None and value < 1:
+                raise MedlensError(f"--{option} must be at least {2 if option == 'folds' else 1}")
+        if self.warmup < 0:
+            raise MedlensError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.learning_rate <= 0:
+            raise MedlensError(f"--lr must be > 0, got {self.learning_rate:g}")
+        if self.checkpoint_minutes < 0:  # 0: a checkpoint at every validation
+            raise MedlensError(
+                f"--checkpoint-minutes must be >= 0, got {self.checkpoint_minutes:g}"
+            )
+        if self.minutes is not None and self.minutes <= 0:
+            raise MedlensError(f"--minutes must be > 0, got {self.minutes:g}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise MedlensError(f"--ema-decay must be in (0, 1), got {self.ema_decay:g}")
+        if not 0 < self.val_fraction < 1:
+            raise MedlensError(f"--val-fraction must be in (0, 1), got {self.val_fraction:g}")
         if self.dist_backend not in ("auto", "nccl", "gloo"):
             raise MedlensError(f"--dist-backend {self.dist_backend}: use auto, nccl or gloo")
         if self.loss not in LOSS_DESCRIPTIONS:
