@@ -111,6 +111,18 @@ def test_mismatched_geometry_is_a_clear_error_and_resample_fixes_it(seg_folders,
     assert json.loads((out / "summary.json").read_text())["resampled_cases"] == [rows[0]["case"]]
 
 
+@pytest.mark.parametrize(
+    "option",
+    [["--nsd-tolerance-mm", "-1"], ["--froc-iou", "2"], ["--worst", "-1"], ["--labels", "a"]],
+)
+def test_options_out_of_range_are_refused_before_scoring(seg_folders, tmp_path, capsys, option):
+    pred, gt = seg_folders
+    out = tmp_path / "eval"
+    assert _run(["evaluate", str(pred), str(gt), "--out", str(out), *option]) == 2
+    assert option[0] in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_evaluate_2d_jpeg_masks(shared_data, tmp_path):
     masks = sorted((shared_data / "kvasir-seg" / "masks").glob("*.jpg"))[:3]
     gt = tmp_path / "gt"

@@ -84,7 +84,7 @@ def parse_label_names(text: str | None) -> dict[int, str] | None:
     return names
 
 
-def _int_list(text: str | None, option: str) -> list[int] | None:
+def _int_list(text: str | None, option: str, example: str = "40x56x40") -> list[int] | None:
     if not text:
         return None
     try:
@@ -92,5 +92,5 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
     except ValueError:
         values = []
     if not values:
-        raise MedlensError(f"{option} takes integers like 40x56x40 or 0,1, got '{text}'")
+        raise MedlensError(f"{option} takes integers like {example}, got '{text}'")
     return values

@@ -55,7 +55,12 @@ def evaluate(
     """
     from medlens.evaluate.runner import EvaluateOptions, evaluate_folders
 
-    label_values = _int_list(labels, "--labels")
+    if nsd_tolerance_mm <= 0 or worst < 0 or not 0 < froc_iou <= 1:
+        raise MedlensError(
+            "--nsd-tolerance-mm must be > 0, --worst >= 0 and --froc-iou in (0, 1]",
+            hint="e.g. --nsd-tolerance-mm 1 (the default; MONAI's NSD needs a tolerance)",
+        )
+    label_values = _int_list(labels, "--labels", "1,2")
     if speed is None and (out / "bench.json").is_file():
         speed = out / "bench.json"
     options = EvaluateOptions(

@@ -182,7 +182,7 @@ def predict(
         device=device,
         engine=engine,
         tta=tta,
-        tta_axes=_int_list(tta_axes, "--tta-axes"),
+        tta_axes=_int_list(tta_axes, "--tta-axes", "0,1"),
         overwrite=overwrite,
         series=series,
         batch_size=batch_size,

@@ -386,7 +386,7 @@ def train_seg(
         network=network,
         pretrained=pretrained,
         augment=augment,
-        mirror_axes=_int_list(mirror_axes, "--mirror-axes"),
+        mirror_axes=_int_list(mirror_axes, "--mirror-axes", "0,1"),
         rotation_degrees=rotation_degrees,
         dp_epsilon=dp_epsilon,
         dp_delta=dp_delta,
