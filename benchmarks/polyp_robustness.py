@@ -85,11 +85,30 @@ def noise(std: float) -> Callable[[np.ndarray], np.ndarray]:
     return change
 
 
+def screen_capture(frame: Frame, mask: np.ndarray) -> tuple[Frame, np.ndarray]:
+    """The frame as a full-screen capture shows it: scaled to 576 px high, left of centre on
+    a black 1280x720 screen, with white patient text beside it (as many video processors
+    display and record it)."""
+    side = 576
+    canvas = np.zeros((720, 1280, 3), np.uint8)
+    canvas_mask = np.zeros((720, 1280), np.uint8)
+    top, left = 72, 160
+    canvas[top : top + side, left : left + side] = cv2.resize(frame, (side, side), cv2.INTER_CUBIC)
+    canvas_mask[top : top + side, left : left + side] = cv2.resize(
+        mask, (side, side), interpolation=cv2.INTER_NEAREST
+    )
+    for row, text in enumerate(("ID 0042731", "DOE^JANE", "2026-12-05 09:14", "CVP-190")):
+        cv2.putText(canvas, text, (780, 120 + 40 * row), cv2.FONT_HERSHEY_SIMPLEX, 1.0,
+                    (255, 255, 255), 2, cv2.LINE_AA)  # fmt: skip
+    return canvas, canvas_mask
+
+
 SIZES: dict[str, Transform] = {
     "128x128 (smaller export)": resize_to(128, 128),
     "384x288 (CVC-ClinicDB size)": resize_to(384, 288),
     "720x576 (PAL)": resize_to(720, 576),
     "1280x1024 (HD)": resize_to(1280, 1024),
+    "screen capture (frame on a black 1280x720 screen with text)": screen_capture,
 }
 APPEARANCE: dict[str, Transform] = {
     "darker (x0.7)": pixels(lambda v: v * 0.7),
@@ -151,6 +170,9 @@ def main() -> None:
     parser.add_argument("--model", default="polyp", help="Model name or folder to score.")
     parser.add_argument("--out", type=Path, default=RESULTS, help="Results markdown file.")
     parser.add_argument(
+        "--only", default="", help="Score only the conditions whose name holds this text."
+    )
+    parser.add_argument(
         "--no-own-size",
         action="store_true",
         help="Skip the frames-at-their-own-size column (the slow part: HD sliding windows).",
@@ -180,6 +202,8 @@ def main() -> None:
         base = score(model_dir, reference, root / "out-reference")
         rows.append(("Kvasir-SEG frames as they are (256x256)", summary(base), "same", "-"))
         for index, (label, transform) in enumerate(SIZES.items()):
+            if args.only not in label:
+                continue
             condition = make_condition(root / f"size{index}", names, transform)
             planned = score(model_dir, condition, root / f"out-size{index}")
             own = (
@@ -191,6 +215,8 @@ def main() -> None:
             rows.append((label, summary(planned), own, delta))
             print(label, rows[-1][1:], flush=True)
         for index, (label, transform) in enumerate(APPEARANCE.items()):
+            if args.only not in label:
+                continue
             condition = make_condition(root / f"look{index}", names, transform)
             dice = score(model_dir, condition, root / f"out-look{index}")
             rows.append((label, summary(dice), "same", f"{np.mean(dice) - np.mean(base):+.4f}"))

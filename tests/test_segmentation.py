@@ -616,6 +616,31 @@ def test_bad_frames_in_a_folder_are_named_after_the_good_ones_are_segmented(
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in good)
 
 
+def test_a_screen_capture_is_segmented_on_its_field_of_view(examples: Path, tmp_path: Path) -> None:
+    """A frame recorded as the whole screen (black borders, patient text) gets the mask of
+    the frame itself, pasted where the frame lies; the shipped polyp plan crops to the field."""
+    jpeg = sorted((examples / "kvasir" / "images").glob("*.jpg"))[0]
+    frame = cv2.imread(str(jpeg))
+    screen = np.zeros((720, 1280, 3), np.uint8)
+    screen[72:648, 160:736] = cv2.resize(frame, (576, 576), interpolation=cv2.INTER_CUBIC)
+    cv2.putText(screen, "DOE^JANE 0042731", (780, 120), cv2.FONT_HERSHEY_SIMPLEX, 1.0,
+                (255, 255, 255), 2)  # fmt: skip
+    cv2.imwrite(str(tmp_path / "screen.png"), screen)
+    cv2.imwrite(str(tmp_path / "field.png"), screen[72:648, 160:736])
+    assert run_cli(["predict", "polyp", str(tmp_path / "screen.png"), str(tmp_path / "s.png")]) == 0
+    assert run_cli(["predict", "polyp", str(tmp_path / "field.png"), str(tmp_path / "f.png")]) == 0
+    assert run_cli(["predict", "polyp", str(jpeg), str(tmp_path / "frame.png")]) == 0
+    on_screen = cv2.imread(str(tmp_path / "s.png"), 0)
+    on_field = cv2.imread(str(tmp_path / "f.png"), 0)
+    assert on_screen.shape == (720, 1280) and on_screen.sum() > 0
+    np.testing.assert_array_equal(on_screen[72:648, 160:736], on_field)
+    assert not on_screen[:72].any() and not on_screen[:, 736:].any()
+    on_frame = cv2.resize(cv2.imread(str(tmp_path / "frame.png"), 0), (576, 576),
+                          interpolation=cv2.INTER_NEAREST) > 0  # fmt: skip
+    field_mask = on_field > 0
+    assert 2 * (on_frame & field_mask).sum() / (on_frame.sum() + field_mask.sum()) > 0.9
+
+
 def png_frame_folder(examples: Path, tmp_path: Path) -> Path:
     """tmp_path/frames holding frame.png, a Kvasir example frame as PNG."""
     frames = tmp_path / "frames"

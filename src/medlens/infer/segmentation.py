@@ -218,6 +218,36 @@ def _probabilities_to_label(
     )
 
 
+def field_of_view(image: Image, plan: SegmentationPlan) -> tuple[Image, tuple[slice, slice] | None]:
+    """The part of a 2D frame to predict on (``plan.crop_to_field_of_view``) and its
+    (rows, columns) box in the frame; the frame itself and None where nothing is cropped."""
+    from medlens.preprocess.field_of_view import field_of_view_box
+
+    if plan.dims != 2 or not plan.crop_to_field_of_view:
+        return image, None
+    array = image.numpy()  # (channels, columns, rows, 1)
+    box = field_of_view_box(array[..., 0].transpose(2, 1, 0))
+    if box is None:
+        return image, None
+    rows, columns = box
+    cropped = np.ascontiguousarray(array[:, columns, rows, :])
+    origin = image.index_to_world([columns.start, rows.start, 0])
+    return image.with_array(cropped, origin_mm=origin), box
+
+
+def paste_label(label: Image, image: Image, box: tuple[slice, slice] | None) -> Image:
+    """``label`` (predicted on the ``box`` of ``image``) on the whole frame: background
+    outside the field of view."""
+    if box is None:
+        return label
+    rows, columns = box
+    whole = np.zeros((1, *image.spatial_shape), dtype=label.numpy().dtype)
+    whole[:, columns, rows, :] = label.numpy()
+    return image.with_array(
+        whole, labels=label.labels, metadata=label.metadata, modality=label.modality
+    )
+
+
 def predict_image(
     network: torch.nn.Module | Sequence[torch.nn.Module],
     image: Image,
@@ -236,13 +266,15 @@ def predict_image(
     """
     check_input(image, plan, path=path)
     device = torch.device(device)
-    array = torch.from_numpy(image_to_network_array(image, plan)).to(device)
+    field, box = field_of_view(image, plan)
+    array = torch.from_numpy(image_to_network_array(field, plan)).to(device)
     probabilities = sliding_window_logits(
         network, array, plan, overlap=overlap, batch_size=batch_size, tta=tta,
         amp=uses_amp(device, plan),
     )  # fmt: skip
     del array
-    return _probabilities_to_label(probabilities, image, plan, postprocess=postprocess, path=path)
+    label = _probabilities_to_label(probabilities, field, plan, postprocess=postprocess, path=path)
+    return paste_label(label, image, box)
 
 
 def predict_images(
@@ -264,9 +296,11 @@ def predict_images(
     results: list[Image | None] = [None] * len(images)
     groups: dict[tuple[int, ...], list[int]] = {}
     arrays = []
+    fields = []
     for index, (image, path) in enumerate(zip(images, paths, strict=True)):
         check_input(image, plan, path=path)
-        arrays.append(torch.from_numpy(image_to_network_array(image, plan)))
+        fields.append(field_of_view(image, plan))
+        arrays.append(torch.from_numpy(image_to_network_array(fields[-1][0], plan)))
         groups.setdefault(tuple(arrays[-1].shape), []).append(index)
     for indices in groups.values():
         stacked = torch.stack([arrays[i] for i in indices]).to(device)
@@ -275,10 +309,11 @@ def predict_images(
             amp=uses_amp(device, plan),
         )  # fmt: skip
         for row, index in enumerate(indices):
-            results[index] = _probabilities_to_label(
-                probabilities[row], images[index], plan, postprocess=postprocess,
-                path=paths[index],
-            )  # fmt: skip
+            field, box = fields[index]
+            label = _probabilities_to_label(
+                probabilities[row], field, plan, postprocess=postprocess, path=paths[index]
+            )
+            results[index] = paste_label(label, images[index], box)
     return results  # type: ignore[return-value]
 
 

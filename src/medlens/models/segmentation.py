@@ -71,6 +71,10 @@ class SegmentationPlan:
     #: 2D: frames are resized to this size (pixels along i, j) for the network and the
     #: probabilities back to the frame's own size (None: use frames at their own size)
     frame_size: list[int] | None = None
+    #: 2D: predict on the endoscope's field of view where a frame shows it inside a black
+    #: screen (a screen capture), and paste the labels back; frames with thin borders are
+    #: used whole (:mod:`medlens.preprocess.field_of_view`)
+    crop_to_field_of_view: bool = False
 
     @property
     def num_classes(self) -> int:
