@@ -31,7 +31,12 @@ from medlens.detect.sr import write_sr
 from medlens.devices import torch_device
 from medlens.errors import MedlensError, failed_inputs_error
 from medlens.image import Image
-from medlens.io.atomic import atomic_output, full_suffix, refuse_replacing_inputs
+from medlens.io.atomic import (
+    atomic_output,
+    file_stem,
+    refuse_replacing_inputs,
+    refuse_shared_outputs,
+)
 
 _RASTER_FORMATS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp")
 
@@ -137,25 +142,19 @@ def detection_inputs(source: Path) -> list[Path]:
 
 def output_stem(path: Path) -> str:
     """Name of an input's outputs: the file name without its suffix, or the folder's name."""
-    return path.name if path.is_dir() else path.name[: len(path.name) - len(full_suffix(path))]
+    return path.name if path.is_dir() else file_stem(path)
 
 
 def check_outputs(inputs: list[Path], out: Path, *, overwrite: bool) -> None:
     """Refuse, before any work, two inputs writing the same files or an earlier run's results."""
-    by_stem: dict[str, Path] = {}
-    for path in inputs:
-        stem = output_stem(path)
-        if stem in by_stem:
-            raise MedlensError(
-                f"{by_stem[stem].name} and {path.name} would both write {stem}.txt/.json/.png",
-                path=path.parent,
-                hint="rename one of them or run them separately",
-            )
-        by_stem[stem] = path
+    stems = [output_stem(path) for path in inputs]
+    refuse_shared_outputs(
+        (path, out / f"{stem}.txt") for path, stem in zip(inputs, stems, strict=True)
+    )
     if not out.is_dir():
         return
     names = ["detections.csv"] + [
-        f"{stem}{suffix}" for stem in by_stem for suffix in (".txt", ".json", ".png", "_sr.dcm")
+        f"{stem}{suffix}" for stem in stems for suffix in (".txt", ".json", ".png", "_sr.dcm")
     ]
     refuse_replacing_inputs(inputs, [out / name for name in names])
     if overwrite:

@@ -18,7 +18,7 @@ from medlens.errors import MedlensError
 from medlens.evaluate.report import (
     table_html,
 )
-from medlens.io.atomic import atomic_output, full_suffix
+from medlens.io.atomic import atomic_output, file_stem, full_suffix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +52,7 @@ class EvaluateOptions:
 
 def case_name(path: Path) -> str:
     """A file's name without its image suffix (``case_001.nii.gz`` -> ``case_001``)."""
-    suffix = full_suffix(path)
-    return path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    return file_stem(path)
 
 
 def list_cases(

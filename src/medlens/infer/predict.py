@@ -28,7 +28,13 @@ from medlens.devices import torch_device
 from medlens.errors import MedlensError, MedlensWarning, failed_inputs_error
 from medlens.image import Image
 from medlens.infer.segmentation import predict_images
-from medlens.io.atomic import full_suffix, prepare_output, refuse_replacing_inputs
+from medlens.io.atomic import (
+    file_stem,
+    full_suffix,
+    prepare_output,
+    refuse_replacing_inputs,
+    refuse_shared_outputs,
+)
 from medlens.models.segmentation import SegmentationPlan
 
 _FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
@@ -154,9 +160,8 @@ def _is_image_file(path: Path) -> bool:
 
 
 def _output_name(source: Path, plan: SegmentationPlan) -> str:
-    name = source.name
     suffix = full_suffix(source)
-    stem = name[: -len(suffix)] if suffix else name
+    stem = file_stem(source)
     if plan.dims == 2:
         return stem + ".png"
     if suffix in (".nrrd", ".nhdr", ".mha", ".mhd"):
@@ -193,16 +198,7 @@ def plan_jobs(
         else:  # a DICOM series folder
             target = output if _has_image_suffix(output) else output / f"{source.name}.dcm"
             jobs.append(PredictionJob(source, target, dicom=True))
-    by_output: dict[Path, Path] = {}
-    for job in jobs:
-        if job.output in by_output:
-            raise MedlensError(
-                f"{by_output[job.output].name} and {job.source.name} would both write "
-                f"{job.output.name}",
-                path=source,
-                hint="rename one of them or run them separately",
-            )
-        by_output[job.output] = job.source
+    refuse_shared_outputs((job.source, job.output) for job in jobs)
     refuse_replacing_inputs([job.source for job in jobs], [job.output for job in jobs])
     for job in jobs:
         if job.output.suffix.lower() == ".dcm" and not job.dicom:

@@ -30,6 +30,26 @@ def full_suffix(path: str | Path) -> str:
     return Path(name).suffix
 
 
+def file_stem(path: str | Path) -> str:
+    """The file name without its image suffix (``case_001.nii.gz`` -> ``case_001``)."""
+    name = Path(path).name
+    return name[: len(name) - len(full_suffix(name))]
+
+
+def refuse_shared_outputs(pairs: Iterable[tuple[Path, Path]]) -> None:
+    """Refuse, before any work, two inputs that would write one output (``a.jpg`` and
+    ``a.png`` -> ``a.png``): the second would replace the first's result unseen."""
+    by_output: dict[Path, Path] = {}
+    for source, output in pairs:
+        if output in by_output:
+            raise MedlensError(
+                f"{by_output[output].name} and {source.name} would both write {output.name}",
+                path=source.parent,
+                hint="rename one of them or run them separately",
+            )
+        by_output[output] = source
+
+
 def prepare_output(path: str | Path, *, overwrite: bool = True) -> Path:
     """Check that ``path`` can be written: parent folder creatable, no clash unless allowed."""
     path = Path(path)
