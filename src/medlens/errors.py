@@ -34,6 +34,22 @@ class MedlensWarning(UserWarning):
     """Something the user should know that does not stop the work (e.g. NaN voxels)."""
 
 
+def require_at_least_one(options: dict[str, int | None]) -> None:
+    """Refuse the first count option under 1 (``{"batch-size": 0}``; None: not given).
+
+    Example:
+        >>> require_at_least_one({"epochs": 3, "limit": None})
+        >>> try:
+        ...     require_at_least_one({"epochs": 0})
+        ... except MedlensError as error:
+        ...     print(error)
+        --epochs must be at least 1, got 0
+    """
+    for option, value in options.items():
+        if value is not None and value < 1:
+            raise MedlensError(f"--{option} must be at least 1, got {value}")
+
+
 def failed_inputs_error(failed: list[MedlensError], *, total: int, task: str) -> MedlensError:
     """One error for a folder run that went on past its bad inputs, naming the first five.
 
@@ -41,7 +57,7 @@ def failed_inputs_error(failed: list[MedlensError], *, total: int, task: str) ->
 
     Example:
         >>> bad = [MedlensError("truncated JPEG", path="b.jpg")]
-        >>> print(failed_inputs_error(bad, total=3, task="segmented"))  # doctest: +ELLIPSIS
+        >>> print(failed_inputs_error(bad, total=3, task="segmented"))
         1 of 3 inputs could not be segmented (the others were written):
           b.jpg: truncated JPEG
         fix or remove them, then run them alone (or the folder again with --overwrite)

@@ -38,7 +38,7 @@ from medlens.detect.data import DetectionSample, load_detection_data
 from medlens.detect.model import GREY_MEAN, GREY_STD, OUTPUT_STRIDE, CenterNetDetector
 from medlens.detect.predict import Detector
 from medlens.devices import torch_device
-from medlens.errors import MedlensError
+from medlens.errors import MedlensError, require_at_least_one
 from medlens.evaluate.detection import (
     average_precision_ci,
     box_list_metrics,
@@ -88,17 +88,16 @@ class DetectTrainConfig:
 
     def check(self) -> None:
         """Refuse options out of range, before the data is read."""
-        at_least_one = {
-            "epochs": self.epochs,
-            "batch-size": self.batch_size,
-            "max-iterations": self.max_iterations,
-            "limit": self.limit,
-            "val-limit": self.val_limit,
-            "threads": self.threads,
-        }
-        for option, value in at_least_one.items():
-            if value is not None and value < 1:
-                raise MedlensError(f"--{option} must be at least 1, got {value}")
+        require_at_least_one(
+            {
+                "epochs": self.epochs,
+                "batch-size": self.batch_size,
+                "max-iterations": self.max_iterations,
+                "limit": self.limit,
+                "val-limit": self.val_limit,
+                "threads": self.threads,
+            }
+        )
         # the feature pyramid's coarsest level is stride 32
         if self.input_size < 64 or not 32 <= self.crop_size <= self.input_size:
             raise MedlensError(

@@ -13,8 +13,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-#: crop only when the field leaves at least this share of the frame's area outside it: a frame
-#: whose borders are thin (most Kvasir-SEG frames) is left as it is, as the model was trained
+#: crop only when the field's box covers at most this share of the frame's area: a frame whose
+#: borders are thin (all but 3 of 898 Kvasir-SEG frames) is left whole, as the model was trained
 MAX_FIELD_SHARE = 0.8
 #: and only when the field is a substantial part of the screen (not a thumbnail or a logo)
 MIN_FIELD_SHARE = 0.15

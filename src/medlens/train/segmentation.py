@@ -56,7 +56,7 @@ from medlens.data.segmentation import (
 )
 from medlens.data.splits import make_split, read_split_file, similar_frame_groups
 from medlens.devices import torch_device
-from medlens.errors import MedlensError
+from medlens.errors import MedlensError, require_at_least_one
 from medlens.infer.segmentation import (
     _autocast,
     dice_per_class,
@@ -155,18 +155,18 @@ class TrainConfig:
     def check(self, *, distributed: bool = False) -> None:
         """Refuse options out of range or that cannot work together, before any work
         (``distributed``: started by torchrun)."""
-        at_least_one = {
-            "iterations": self.iterations,
-            "val-every": self.val_every,
-            "batch-size": self.batch_size,
-            "filters": self.base_filters,
-            "threads": self.threads,
-            "max-cases": self.max_cases,
-            "folds": None if self.fold is None else self.folds - 1,  # 2 folds at least
-        }
-        for option, value in at_least_one.items():
-            if value is not None and value < 1:
-                raise MedlensError(f"--{option} must be at least {2 if option == 'folds' else 1}")
+        require_at_least_one(
+            {
+                "iterations": self.iterations,
+                "val-every": self.val_every,
+                "batch-size": self.batch_size,
+                "filters": self.base_filters,
+                "threads": self.threads,
+                "max-cases": self.max_cases,
+            }
+        )
+        if self.fold is not None and self.folds < 2:
+            raise MedlensError(f"--folds must be at least 2, got {self.folds}")
         if self.warmup < 0:
             raise MedlensError(f"--warmup must be >= 0, got {self.warmup}")
         if self.learning_rate <= 0:
