@@ -261,7 +261,7 @@ def _fresh_training(
     import torch
     from monai.losses import DiceCELoss
 
-    from medlens.train.segmentation import TrainConfig
+    from medlens.train.segmentation_config import TrainConfig
 
     network = plan.build_network().to(device)
     network.load_state_dict(weights)
@@ -289,7 +289,7 @@ def run_medlens(
 
     from medlens.augment.segmentation_batch import augment_batch
     from medlens.data.patches import load_cases, sample_batch
-    from medlens.train.segmentation import TrainConfig
+    from medlens.train.segmentation_config import TrainConfig
 
     _reset_peak_rss()
     started = time.perf_counter()

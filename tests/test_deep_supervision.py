@@ -13,7 +13,7 @@ from monai.losses import DiceCELoss
 
 from medlens.models.segmentation import SegmentationPlan
 from medlens.train.deep_supervision import DeepSupervision, DeepSupervisionLoss
-from medlens.train.segmentation import TrainConfig
+from medlens.train.segmentation_config import TrainConfig
 
 
 def train(data: Path, out: Path, *extra: str) -> int:

@@ -33,7 +33,8 @@ from medlens.infer.segmentation import dice_per_class
 from medlens.io import read_image
 from medlens.models.segmentation import SegmentationPlan, make_plan
 from medlens.models.zoo import load_model
-from medlens.train.segmentation import parameter_groups, validate
+from medlens.train.transfer import parameter_groups
+from medlens.train.validation import validate
 
 
 def fingerprint_of(folder: Path) -> Fingerprint:

@@ -346,7 +346,8 @@ def train_seg(
     --model-out models/hippocampus``. Multi-GPU: ``torchrun --nproc_per_node 2 -m medlens
     train seg ...``.
     """
-    from medlens.train.segmentation import TrainConfig, command_line, train_segmentation
+    from medlens.train.segmentation import train_segmentation
+    from medlens.train.segmentation_config import TrainConfig, command_line
 
     command = command_line(ctx)
     config = TrainConfig(

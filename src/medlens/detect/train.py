@@ -46,6 +46,7 @@ from medlens.evaluate.detection import (
 )
 from medlens.io.atomic import atomic_output
 from medlens.models.zoo import ModelCard, save_model
+from medlens.train.run_folder import refuse_replacing_checkpoint
 from medlens.train.schedules import warmup_cosine
 
 ARCHITECTURE = "CenterNetDetector"
@@ -324,10 +325,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
     out = Path(config.out)
     model_out = Path(config.model_out) if config.model_out else out / "model"
     checkpoint_path = out / "checkpoint.pt"
-    if checkpoint_path.exists() and not config.resume:
-        raise MedlensError(
-            "run folder already has a checkpoint", path=out, hint="pass --resume or a new --out"
-        )
+    refuse_replacing_checkpoint(out, resume=config.resume)
     if config.resume and not checkpoint_path.exists():
         raise MedlensError("nothing to resume: no checkpoint.pt", path=out)
 
