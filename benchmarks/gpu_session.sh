@@ -136,7 +136,7 @@ elif [ "$MODE" = hippo ]; then
       --model-out runs/gpu-hippo-$arm/best --iterations 200000 --minutes "$MINUTES" \
       --val-every "${VAL_EVERY:-250}" --val-cases hippocampus_001,hippocampus_003,hippocampus_004,hippocampus_007 \
       --labels 1=anterior,2=posterior --ema-decay 0.999 --threads 4 --device $DEVICE \
-      --checkpoint-minutes 60 $extra > runs/gpu-hippo-$arm.log 2>&1 &
+      --checkpoint-minutes 60 --no-deep-supervision $extra > runs/gpu-hippo-$arm.log 2>&1 &
     pids+=($!)
   done
   wait_for_runs runs/gpu-util.log
@@ -253,6 +253,8 @@ elif [ "$MODE" = hippo-seeds ]; then
   # The 2-hour CPU hippocampus recipe (hippocampus_cpu_training.md, "Second run": batch 4,
   # lr 3e-3, EMA 0.999) replayed at the CPU run's 6976 iterations, once per seed, on the
   # card's split (--split): the spread over seeds is the error bar of the CPU run's 0.8907.
+  # Without deep supervision, as those runs trained; DEEP_SUPERVISION=--deep-supervision for
+  # the arm with it (train seg's default for 3D DynUNet plans since 2026-12-05).
   # MINUTES only caps a run that is slower than expected (the cosine then follows the time).
   # Each arm's last (moving-average) weights, card and log come back as one tar.
   pids=()
@@ -261,7 +263,8 @@ elif [ "$MODE" = hippo-seeds ]; then
       --iterations "${ITERATIONS:-6976}" --minutes "$MINUTES" --batch-size 4 --val-every 500 \
       --split models/hippocampus/model.json --seed $seed --labels 1=anterior,2=posterior \
       --mirror-axes 0,1 --ema-decay 0.999 --threads "${THREADS:-3}" --device $DEVICE \
-      --checkpoint-minutes 60 > runs/gpu-seed-$seed.log 2>&1 &
+      --checkpoint-minutes 60 ${DEEP_SUPERVISION:---no-deep-supervision} \
+      > runs/gpu-seed-$seed.log 2>&1 &
     pids+=($!)
   done
   wait_for_runs runs/gpu-util.log

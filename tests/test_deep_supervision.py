@@ -41,12 +41,15 @@ def test_the_heads_train_and_resume_with_the_run_but_the_model_is_the_plain_netw
     assert "deep supervision" in card["training"]["loss"]
     assert "--deep-supervision" in card["training"]["command"]
 
-    without = ["--labels", "1=polyp", "--no-pretrained"]
+    without = ["--labels", "1=polyp", "--no-pretrained", "--no-deep-supervision"]
     capsys.readouterr()
     assert train(examples / "kvasir", run, "--iterations", "3", *without, "--resume") == 2
     assert "the checkpoint was trained with --deep-supervision" in capsys.readouterr().err
     assert train(examples / "kvasir", run, "--iterations", "3", *args, "--resume") == 0
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
+    # without the flag, --resume follows the checkpoint
+    assert train(examples / "kvasir", run, "--iterations", "4", *without[:-1], "--resume") == 0
+    assert "deep_supervision" in torch.load(run / "checkpoint.pt", weights_only=False)
 
 
 def test_a_dynunet_gets_heads_on_its_inner_decoder_stages_and_all_of_them_learn() -> None:
@@ -94,3 +97,51 @@ def test_deep_supervision_is_refused_with_differential_privacy() -> None:
     config = TrainConfig(data=Path("x"), out=Path("y"), deep_supervision=True, dp_epsilon=8.0)
     with pytest.raises(MedlensError, match="--deep-supervision cannot be combined"):
         config.check()
+
+
+def test_a_3d_dynunet_trains_with_deep_supervision_unless_told_not_to(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--labels", "1=anterior,2=posterior", "--val-cases", "hippocampus_001"]
+    by_default, without = tmp_path / "default", tmp_path / "without"
+    assert train(examples / "hippocampus", by_default, "--iterations", "1", *args) == 0
+    assert "deep_supervision" in torch.load(by_default / "checkpoint.pt", weights_only=False)
+    card = json.loads((by_default / "model" / "model.json").read_text())
+    assert "deep supervision" in card["training"]["loss"]
+    assert "deep-supervision" not in card["training"]["command"]  # the default reproduces it
+
+    flag = "--no-deep-supervision"
+    assert train(examples / "hippocampus", without, "--iterations", "1", *args, flag) == 0
+    assert "deep_supervision" not in torch.load(without / "checkpoint.pt", weights_only=False)
+    card = json.loads((without / "model" / "model.json").read_text())
+    assert "deep supervision" not in card["training"]["loss"]
+    assert flag in card["training"]["command"]
+
+    # a resumed run follows its checkpoint (runs from before the default had no heads)
+    assert train(examples / "hippocampus", without, "--iterations", "2", *args, "--resume") == 0
+    assert "deep_supervision" not in torch.load(without / "checkpoint.pt", weights_only=False)
+    capsys.readouterr()
+    assert train(examples / "hippocampus", without, "--iterations", "3", "--resume",
+                 "--deep-supervision", *args) == 2  # fmt: skip
+    assert "the checkpoint was trained without --deep-supervision" in capsys.readouterr().err
+
+
+def test_the_default_leaves_deep_supervision_off_for_2d_plans_and_dp_sgd() -> None:
+    from medlens.train.segmentation_setup import uses_deep_supervision
+
+    def plan(dims: int, network: str) -> SegmentationPlan:
+        return SegmentationPlan(
+            dims=dims, in_channels=1, labels={0: "background", 1: "a"}, patch_size=[32] * dims,
+            batch_size=2, spacing_mm=[1.0] * dims, normalisation={}, network=network,
+            filters=[8, 16], kernel_size=[[3] * dims] * 2, strides=[[1] * dims, [2] * dims],
+        )  # fmt: skip
+
+    config = TrainConfig(data=Path("x"), out=Path("y"))
+    assert uses_deep_supervision(config, plan(3, "DynUNet"), None)
+    assert not uses_deep_supervision(config, plan(2, "DynUNet"), None)
+    assert not uses_deep_supervision(config, plan(2, "Lite0UNet"), None)
+    private = TrainConfig(data=Path("x"), out=Path("y"), dp_epsilon=8.0)
+    assert not uses_deep_supervision(private, plan(3, "DynUNet"), None)
+    explicit = TrainConfig(data=Path("x"), out=Path("y"), deep_supervision=True)
+    assert uses_deep_supervision(explicit, plan(2, "Lite0UNet"), None)
+    assert uses_deep_supervision(config, plan(2, "Lite0UNet"), {"deep_supervision": {}})

@@ -242,12 +242,15 @@ def train_seg(
         ),
     ] = 0.0,
     deep_supervision: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             help="nnU-Net's deep supervision: 1x1 heads on the decoder's coarser stages add "
-            "their loss (weights halving per stage); they are not part of the saved model."
+            "their loss (weights halving per stage); they are not part of the saved model. "
+            "Default: on for 3D DynUNet plans, off for 2D ones and --dp-epsilon; --resume "
+            "follows the checkpoint.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.pt.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     amp: Annotated[

@@ -20,6 +20,7 @@ the run writes in :mod:`medlens.train.run_record`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -70,6 +71,7 @@ from medlens.train.segmentation_setup import (
     read_resume_state,
     resumed_plan_and_split,
     training_device,
+    uses_deep_supervision,
 )
 from medlens.train.transfer import (
     EncoderFreeze,
@@ -123,6 +125,9 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         )
     # multi-scale training: the sizes a batch is drawn at
     batch_sizes_px = apply_options_to_plan(config, plan)
+    config = dataclasses.replace(
+        config, deep_supervision=uses_deep_supervision(config, plan, resume_state)
+    )
     # refuse now, not at the first save minutes into training (the card's weights must ship)
     check_weights_size(
         weights_bytes(plan.build_network()),
