@@ -698,3 +698,32 @@ def test_validation_metrics_of_several_classes_carry_the_ap50_interval() -> None
     assert 0.2 < metrics["ap50"] < 1
     assert metrics["ap50_low"] < metrics["ap50"] < metrics["ap50_high"]
     assert "ap50_low" not in evaluate_detector(lambda pixels: found, samples, interval=False)
+
+
+@needs_model
+def test_detecting_more_images_into_a_folder_keeps_the_earlier_rows_of_the_summary(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = example_slices(examples, tmp_path / "slices")[:2]
+    out = tmp_path / "out"
+    assert run_cli(["detect", "kidney-stones", str(first), str(out)]) == 0
+    assert run_cli(["detect", "kidney-stones", str(second), str(out)]) == 0  # new image: no flag
+
+    def summary_images() -> list[str]:
+        with open(out / "detections.csv") as handle:
+            return [row["image"] for row in csv.DictReader(handle)]
+
+    images = summary_images()
+    assert set(images) == {first.stem, second.stem}
+    # again with --overwrite: the image's rows are replaced, not doubled
+    assert run_cli(["detect", "kidney-stones", str(second), str(out), "--overwrite"]) == 0
+    assert sorted(summary_images()) == sorted(images)
+
+    # a detections.csv that is not ours is not replaced without --overwrite
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "detections.csv").write_text("patient,finding\n1,stone\n")
+    capsys.readouterr()
+    assert run_cli(["detect", "kidney-stones", str(first), str(foreign)]) == 2
+    assert "another format" in capsys.readouterr().err
+    assert (foreign / "detections.csv").read_text() == "patient,finding\n1,stone\n"

@@ -35,11 +35,16 @@ def detect(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     engine: EngineOption = "auto",
     overwrite: Annotated[
-        bool, typer.Option(help="Replace the results of an earlier run in OUT.")
+        bool,
+        typer.Option(
+            help="Replace the results of an earlier run in OUT for the same images (other "
+            "images' results, and their rows of detections.csv, are kept either way)."
+        ),
     ] = False,
 ) -> None:
     """Find objects (e.g. kidney stones) and write NAME.txt (YOLO + conf), NAME.json (px and mm),
-    NAME.png overlays, detections.csv, and a DICOM SR measurement report for DICOM input.
+    NAME.png overlays, detections.csv (the rows of every image in OUT), and a DICOM SR
+    measurement report for DICOM input.
 
     Example: ``medlens detect kidney-stones examples/kidney-stones/images out/``.
     """

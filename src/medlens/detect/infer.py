@@ -153,13 +153,15 @@ def check_outputs(inputs: list[Path], out: Path, *, overwrite: bool) -> None:
     )
     if not out.is_dir():
         return
-    names = ["detections.csv"] + [
-        f"{stem}{suffix}" for stem in stems for suffix in (".txt", ".json", ".png", "_sr.dcm")
-    ]
-    refuse_replacing_inputs(inputs, [out / name for name in names])
+    names = [f"{stem}{suffix}" for stem in stems for suffix in (".txt", ".json", ".png", "_sr.dcm")]
+    # detections.csv is not a conflict: it keeps the earlier images' rows (write_csv)
+    refuse_replacing_inputs(inputs, [out / name for name in ["detections.csv", *names]])
     if overwrite:
         return
     existing = next((name for name in names if (out / name).exists()), None)
+    summary = out / "detections.csv"
+    if existing is None and summary.is_file() and _csv_header(summary) != CSV_COLUMNS:
+        existing = "detections.csv, in another format"
     if existing is not None:
         raise MedlensError(
             f"holds the results of an earlier run ({existing})",
@@ -329,38 +331,48 @@ def write_slice_outputs(
     return record
 
 
+CSV_COLUMNS = [
+    "image", "slice", "class_name", "score", "x0_px", "y0_px", "x1_px", "y1_px",
+    "width_mm", "height_mm",
+]  # fmt: skip
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, newline="") as handle:
+        return next(csv.reader(handle), [])
+
+
 def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
-    """detections.csv: one row per box, and one row per image without boxes."""
+    """detections.csv: one row per box, and one row per image without boxes.
+
+    The summary of the whole folder: rows an earlier run wrote for other images are kept
+    (their NAME.txt/.json/.png are still beside it); rows of this run's images are replaced.
+    """
+    rows: list[list[Any]] = []
+    if path.is_file():
+        with open(path, newline="") as handle:
+            earlier = list(csv.reader(handle))
+        if earlier and earlier[0] == CSV_COLUMNS:  # else only with --overwrite (check_outputs)
+            this_run = {str(record["image"]) for record in records}
+            rows = [row for row in earlier[1:] if row and row[0] not in this_run]
+    for record in records:
+        if not record["boxes"]:
+            rows.append([record["image"], record["slice"], "", "", "", "", "", "", "", ""])
+        for box in record["boxes"]:
+            rows.append(
+                [
+                    record["image"],
+                    record["slice"],
+                    box["class_name"],
+                    box["score"],
+                    *box["xyxy_px"],
+                    *box["size_mm"],
+                ]
+            )
     with (
         atomic_output(path) as temporary,
         open(temporary, "w", newline="") as handle,
     ):
         writer = csv.writer(handle)
-        writer.writerow(
-            [
-                "image",
-                "slice",
-                "class_name",
-                "score",
-                "x0_px",
-                "y0_px",
-                "x1_px",
-                "y1_px",
-                "width_mm",
-                "height_mm",
-            ]
-        )
-        for record in records:
-            if not record["boxes"]:
-                writer.writerow([record["image"], record["slice"], "", "", "", "", "", "", "", ""])
-            for box in record["boxes"]:
-                writer.writerow(
-                    [
-                        record["image"],
-                        record["slice"],
-                        box["class_name"],
-                        box["score"],
-                        *box["xyxy_px"],
-                        *box["size_mm"],
-                    ]
-                )
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(rows)
