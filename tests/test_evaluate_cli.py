@@ -123,6 +123,35 @@ def test_options_out_of_range_are_refused_before_scoring(seg_folders, tmp_path, 
     assert not out.exists()
 
 
+def test_predictions_of_other_cases_are_refused_not_scored_as_failures(
+    seg_folders, shared_data, tmp_path, capsys
+):
+    pred, gt = seg_folders
+    other = tmp_path / "other-cases"
+    other.mkdir()
+    for index, path in enumerate(sorted(pred.iterdir())):
+        shutil.copy(path, other / f"case_{index}.nii.gz")
+    out = tmp_path / "eval"
+    assert _run(["evaluate", str(other), str(gt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"none of the {len(list(pred.iterdir()))} predictions has the name of one of the 5" in err
+    )
+    assert "case_0" in err and "hippocampus_" in err
+    assert not out.exists()
+
+    # detection: YOLO predictions named after other images
+    (tmp_path / "kidney").mkdir()
+    yolo_pred, yolo_gt = _kidney_predictions(shared_data, tmp_path / "kidney")
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for path in sorted(yolo_pred.glob("*.txt"))[:3]:
+        shutil.copy(path, renamed / f"other_{path.name}")
+    assert _run(["evaluate", str(renamed), str(yolo_gt), "--out", str(out)]) == 2
+    assert "none of the 3 predictions" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_evaluate_2d_jpeg_masks(shared_data, tmp_path):
     masks = sorted((shared_data / "kvasir-seg" / "masks").glob("*.jpg"))[:3]
     gt = tmp_path / "gt"

@@ -42,9 +42,10 @@ def detect(
         ),
     ] = False,
 ) -> None:
-    """Find objects (e.g. kidney stones) and write NAME.txt (YOLO + conf), NAME.json (px and mm),
-    NAME.png overlays, detections.csv (the rows of every image in OUT), and a DICOM SR
-    measurement report for DICOM input.
+    """Find objects (e.g. kidney stones): boxes per image as YOLO text, JSON and overlays.
+
+    Writes NAME.txt (YOLO + conf), NAME.json (px and mm), NAME.png overlays, detections.csv
+    (the rows of every image in OUT), and a DICOM SR measurement report for DICOM input.
 
     Example: ``medlens detect kidney-stones examples/kidney-stones/images out/``.
     """

@@ -19,6 +19,7 @@ from medlens.evaluate.folders import (
     failures_html,
     list_cases,
     load_speed,
+    require_matching_cases,
     speed_html,
     write_csv,
     write_json,
@@ -157,6 +158,7 @@ def evaluate_detection(
         pred = read_yolo_folder(pred_path, with_scores=True)
         pred_images = set(pred.images)
     gt_images = set(gt.images)
+    require_matching_cases(sorted(pred_images), sorted(gt_images), prediction_path=pred_path)
     missing_prediction = sorted(gt_images - pred_images) if not gt_path.is_file() else []
     missing_reference = sorted(pred_images - gt_images)
     # predictions on images without a reference cannot be scored: drop them (listed above)

@@ -90,6 +90,25 @@ def list_cases(
     return cases
 
 
+def require_matching_cases(
+    predictions: Sequence[str], references: Sequence[str], *, prediction_path: Path
+) -> None:
+    """Refuse predictions of which none has a reference case's name: almost surely the wrong
+    folder (every reference would be scored a failure). Cases match by file name without
+    suffix."""
+    if not predictions or set(predictions) & set(references):
+        return
+    example_prediction, example_reference = sorted(predictions)[0], sorted(references)[0]
+    raise MedlensError(
+        f"none of the {len(predictions)} predictions has the name of one of the "
+        f"{len(references)} reference cases (e.g. prediction '{example_prediction}', "
+        f"reference '{example_reference}')",
+        path=prediction_path,
+        hint="predictions are matched to references by file name without suffix; check that "
+        "both paths hold the same cases",
+    )
+
+
 def is_detection_input(gt: Path) -> bool:
     """A COCO json file, or a folder of YOLO txt files, means detection."""
     if gt.is_file():

@@ -20,6 +20,7 @@ from medlens.evaluate.folders import (
     failures_html,
     list_cases,
     load_speed,
+    require_matching_cases,
     speed_html,
     write_csv,
     write_json,
@@ -128,6 +129,7 @@ def evaluate_segmentation(
     suffixes = (*IMAGE_SUFFIXES, *DICOM_SUFFIXES)
     pred_cases = list_cases(pred_path, suffixes=suffixes, folders=True)
     gt_cases = list_cases(gt_path, suffixes=suffixes, folders=True)
+    require_matching_cases(list(pred_cases), list(gt_cases), prediction_path=pred_path)
     missing_prediction = sorted(set(gt_cases) - set(pred_cases))
     missing_reference = sorted(set(pred_cases) - set(gt_cases))
     rows: list[dict[str, Any]] = []
