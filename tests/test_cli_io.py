@@ -164,6 +164,17 @@ def test_empty_folder(tmp_path: Path, out: Path, capsys) -> None:
     assert_nothing_written(out)
 
 
+@pytest.mark.parametrize("name", ["empty.nii.gz", "empty.nii"])
+def test_nifti_without_voxels(tmp_path: Path, out: Path, capsys, name: str) -> None:
+    import nibabel as nib
+
+    empty = tmp_path / name
+    nib.save(nib.Nifti1Image(np.zeros((0, 20, 10), np.float32), np.eye(4)), str(empty))
+    code, _, err = run(["convert", empty, out / "a.nrrd"], capsys)
+    assert_user_error(code, err, str(empty), "no voxels")
+    assert_nothing_written(out)
+
+
 def test_text_file_renamed_dcm(tmp_path: Path, out: Path, capsys) -> None:
     fake = tmp_path / "report.dcm"
     fake.write_text("Patient report: no image here\n" * 20)

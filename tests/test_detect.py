@@ -727,3 +727,19 @@ def test_detecting_more_images_into_a_folder_keeps_the_earlier_rows_of_the_summa
     assert run_cli(["detect", "kidney-stones", str(first), str(foreign)]) == 2
     assert "another format" in capsys.readouterr().err
     assert (foreign / "detections.csv").read_text() == "patient,finding\n1,stone\n"
+
+
+def test_nan_voxels_show_black_and_the_window_comes_from_the_finite_ones() -> None:
+    import warnings
+
+    from medlens.detect.infer import to_grey_uint8
+    from medlens.image import Image
+
+    values = np.linspace(-100, 300, 16 * 16, dtype=np.float32).reshape(1, 16, 16, 1)
+    values[0, :4] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value encountered in cast"
+        grey = to_grey_uint8(Image(values), 0)
+        assert (to_grey_uint8(Image(np.full((1, 8, 8, 1), np.nan, np.float32)), 0) == 0).all()
+    assert (grey[:, :4] == 0).all()  # (H, W): the NaN rows i < 4 are the first columns
+    assert grey.max() == 255 and grey[:, 4:].min() == 0

@@ -101,8 +101,17 @@ def _window(image: Image, source: Any) -> tuple[float, float]:
         width = float(np.ravel(np.asarray(source.WindowWidth, dtype=float))[0])
         return center - width / 2, center + width / 2
     values = image.numpy()
-    low, high = np.percentile(values, [0.5, 99.5])
+    finite = values[np.isfinite(values)]  # NaN voxels (warned about on reading) show black
+    if not finite.size:
+        return 0.0, 1.0
+    low, high = np.percentile(finite, [0.5, 99.5])
     return float(low), float(max(high, low + 1e-6))
+
+
+def _scaled_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``values`` windowed to (low, high) and scaled to 0..255; NaN to 0."""
+    scaled = np.clip((values.astype(np.float32) - low) / (high - low), 0, 1) * 255
+    return np.nan_to_num(scaled, nan=0.0).astype(np.uint8)
 
 
 def to_grey_uint8(image: Image, k: int, *, source: Any = None) -> np.ndarray:
@@ -113,15 +122,13 @@ def to_grey_uint8(image: Image, k: int, *, source: Any = None) -> np.ndarray:
         rgb = np.ascontiguousarray(array[:3].transpose(2, 1, 0))
         if rgb.dtype != np.uint8:
             low, high = _window(image, source)
-            rgb = (np.clip((rgb.astype(np.float32) - low) / (high - low), 0, 1) * 255).astype(
-                np.uint8
-            )
+            rgb = _scaled_uint8(rgb, low, high)
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     plane = array[0].T  # (H, W)
     if plane.dtype == np.uint8:
         return np.ascontiguousarray(plane)
     low, high = _window(image, source)
-    return (np.clip((plane.astype(np.float32) - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+    return _scaled_uint8(plane, low, high)
 
 
 def detection_inputs(source: Path) -> list[Path]:

@@ -40,6 +40,8 @@ def _read_gzipped_voxels(path: Path, proxy: Any) -> np.ndarray | None:
         return None
     shape = tuple(int(size) for size in proxy.shape)
     array = np.empty(shape, dtype=dtype, order="F")  # NIfTI voxels are stored Fortran-order
+    if array.size == 0:  # nothing to read (read_image refuses an image without voxels)
+        return array
     target = memoryview(array.T).cast("B")  # array.T is C-contiguous over the same bytes
     filled = 0
     with gzip_module.open(path, "rb") as handle:
