@@ -163,6 +163,21 @@ def test_options_out_of_range_are_refused_before_any_work(
 
 
 @pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--patch", "32x32"], "--patch 32x32 does not fit 3D data"),
+        (["--init", "polyp"], "no layer of model 'polyp' fits this network"),
+    ],
+)
+def test_a_plan_that_cannot_train_is_refused_before_the_run_folder_is_written(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], option, message
+) -> None:
+    assert train(examples / "hippocampus", tmp_path / "run", *option) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["polyp", "--batch-size", "0"], "--batch-size"),

@@ -211,6 +211,13 @@ def make_plan(
         total = np.prod(np.array(strides), axis=0)
         patch_size = [int(math.ceil(p / t) * t) for p, t in zip(patch, total, strict=True)]
     else:
+        if len(patch_size) != dims or min(patch_size) < 1:
+            example = "x".join(["64"] * dims)
+            raise MedlensError(
+                f"--patch {'x'.join(map(str, patch_size))} does not fit {dims}D data: give "
+                f"{dims} sizes of at least 1 voxel",
+                hint=f"e.g. --patch {example}, or leave it out to plan it from the data",
+            )
         kernels, strides = _network_shape(patch_size, median_spacing.tolist(), dims)
     channels = fingerprint.num_channels
     modality = (fingerprint.modality or "").upper()

@@ -129,11 +129,15 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         config, deep_supervision=uses_deep_supervision(config, plan, resume_state)
     )
     # refuse now, not at the first save minutes into training (the card's weights must ship)
+    planned = plan.build_network()
     check_weights_size(
-        weights_bytes(plan.build_network()),
+        weights_bytes(planned),
         what=f"the planned {plan.network}",
         hint="use a smaller --filters or --network",
     )
+    if config.init and resume_state is None:
+        initialise_from(planned, config.init)  # a model that does not fit: refused here too
+    del planned
     out.mkdir(parents=True, exist_ok=True)
     split = {"train": train_ids, "val": val_ids, "seed": config.seed, "fold": fold}
     if is_main:
