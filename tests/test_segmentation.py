@@ -737,6 +737,10 @@ def test_readme_demo_writes_seg_nifti_and_an_overlay_page(examples: Path, tmp_pa
     again = tmp_path / "again.dcm"
     assert run_cli(["predict", "hippocampus", str(study), str(again), "--html", str(page)]) == 2
     assert not again.exists()
+    # one file named twice (OUTPUT and --also) stops the run before the first write
+    twice = ["predict", "hippocampus", str(study), str(again), "--also", str(again)]
+    assert run_cli(twice) == 2
+    assert not again.exists()
 
 
 def test_predict_refuses_wrong_inputs(

@@ -221,6 +221,21 @@ def plan_jobs(
     return jobs
 
 
+def _refuse_writing_twice(outputs: list[Path], html: str | Path | None) -> None:
+    """OUTPUT, ``--also`` and ``--html`` must name different files: the second write of one
+    path would stop the run (or replace the first) after work was done."""
+    seen: set[Path] = set()
+    for path in [*outputs, *([Path(html)] if html is not None else [])]:
+        resolved = path.resolve()
+        if resolved in seen:
+            raise MedlensError(
+                "OUTPUT, --also and --html would write this file twice",
+                path=path,
+                hint="give each of them its own file name (or folder)",
+            )
+        seen.add(resolved)
+
+
 def _read_input(job: PredictionJob, series: str | None) -> Image:
     from medlens.io import read_image
 
@@ -302,6 +317,7 @@ def predict_paths(
         plan.test_time_mirror_axes = list(tta_axes)
     jobs = plan_jobs(Path(source), Path(output), plan, overwrite=overwrite)
     extra = [plan_jobs(Path(source), Path(other), plan, overwrite=overwrite) for other in also]
+    _refuse_writing_twice([job.output for job_set in [jobs, *extra] for job in job_set], html)
     page = None
     if html is not None:
         from medlens.infer.overlay import OverlayPage
