@@ -332,7 +332,6 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
     log(f"loading {config.data}")
     train, names = load_detection_data(config.data, "train", names=config.names, limit=config.limit)
     val, _ = load_detection_data(config.data, "val", names=names, limit=config.val_limit)
-    num_classes = len(names)
     log(
         f"{len(train)} train images ({sum(len(s.boxes) for s in train)} boxes), "
         f"{len(val)} val images ({sum(len(s.boxes) for s in val)} boxes), classes {names}"
@@ -348,54 +347,18 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             "warning: "
             + leaks.message("`medlens regroup-split` builds a split that holds out whole scans.")
         )
-
+    state = None
     if config.resume:  # the architecture follows the checkpoint (older runs: size_offset)
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        trained_names = checkpoint.get("names")  # runs before 2026-12-05 did not record them
-        if trained_names is not None and dict(trained_names) != dict(names):
-            raise MedlensError(
-                f"the run was trained on classes {dict(trained_names)}, this data has "
-                f"{dict(names)}",
-                path=out,
-                hint="resume with the data the run started on, or start a new run with --init",
-            )
-        saved = checkpoint["config"]
-        config = dataclasses.replace(
-            config,
-            box_encoding=saved.get("box_encoding", "size_offset"),
-            encoder_variant=int(saved.get("encoder_variant", 0)),
-        )
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        config = _resumed_config(config, state, names, out)
     params = {
-        "num_classes": num_classes,
+        "num_classes": len(names),
         "in_channels": 1,
         "width": config.width,
         "box_encoding": config.box_encoding,
         "encoder_variant": config.encoder_variant,
     }
-    network = CenterNetDetector(pretrained=config.pretrained and config.init is None, **params)
-    if config.init is not None:
-        from medlens.models.zoo import load_model
-
-        initial, init_card = load_model(config.init)
-        init_variant = init_card.architecture["params"].get("encoder_variant", 0)
-        if init_variant != config.encoder_variant:
-            raise MedlensError(
-                f"{config.init} has an EfficientNet-Lite{init_variant} encoder, not the "
-                f"Lite{config.encoder_variant} this run asks for",
-                hint=f"add --encoder lite{init_variant}, or train without --init",
-            )
-        same_boxes = init_card.architecture["params"].get("box_encoding", "size_offset") == (
-            config.box_encoding
-        )
-        own = network.state_dict()
-        network.load_state_dict(
-            {
-                k: v
-                for k, v in initial.state_dict().items()
-                if k in own and own[k].shape == v.shape and (same_boxes or "head_box" not in k)
-            },
-            strict=False,
-        )
+    network = _initialised_network(config, params)
     # channels-last convolutions train ~1.3x faster on CPU (oneDNN) and suit tensor cores
     network.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
@@ -404,33 +367,18 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
     steps_per_epoch = max(1, len(train) // config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     warmup = min(200, total_steps // 10 + 1)
-
-    run_started = time.perf_counter()
-
-    def budget_spent() -> float:
-        """Share of the ``--minutes`` budget used so far (0 without a budget)."""
-        if not config.minutes:
-            return 0.0
-        return (time.perf_counter() - run_started) / (config.minutes * 60)
+    budget = _TimeBudget(config.minutes)
 
     def schedule(step: int) -> float:
         return warmup_cosine(
-            step, warmup_steps=warmup, total_steps=total_steps, time_progress=budget_spent()
+            step, warmup_steps=warmup, total_steps=total_steps, time_progress=budget.spent()
         )
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     history: list[dict[str, float]] = []
     start_epoch = 0
-    best = -1.0
-    existing = model_out / "model.json"
-    if existing.is_file() and not config.resume:
-        # never replace a better model already in --model-out (e.g. the shipped one)
-        previous = json.loads(existing.read_text()).get("metrics", {}).get("val_ap50")
-        if previous is not None:
-            best = float(previous)
-            log(f"{existing} holds a model with val AP50 {best:.4f}: replaced only if beaten")
-    if config.resume:
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    best = _best_to_beat(model_out, resume=config.resume, log=log)
+    if state is not None:
         network.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -446,7 +394,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
     if config.ema_decay:
         from medlens.train.averaging import moving_average
 
-        saved = state.get("ema") if config.resume else None
+        saved = state.get("ema") if state is not None else None
         ema = moving_average(network, decay=config.ema_decay, state=saved)
     # the weights that are validated and shipped: the moving average where there is one
     evaluated = ema.module if ema is not None else network
@@ -461,7 +409,246 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         else []
     )
     detector = Detector(evaluated, input_size=config.input_size, conf=0.01, device=str(device))
-    card_base = ModelCard(
+    card_base = _card_base(
+        config,
+        params,
+        names,
+        train=train,
+        val=val,
+        leaks=leaks,
+        device=device,
+        precision="fp16 AMP" if use_amp else "fp32",
+        augmentation=_augmentation_text(config, sampler, box_augment, intensity_augment),
+    )
+    iteration = 0
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder behind
+    for epoch in range(start_epoch, config.epochs):
+        network.train()
+        rng = np.random.default_rng(config.seed * 100003 + epoch)
+        generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
+        order = rng.permutation(len(train))
+        started = time.perf_counter()
+        this_run = history[len(history) - (epoch - start_epoch) :]  # epochs of this process
+        closed = config.mosaic > 0 and mosaic_closed(
+            epoch,
+            epochs=config.epochs,
+            close_epochs=config.close_mosaic,
+            seconds_left=(1 - budget.spent()) * config.minutes * 60 if config.minutes else None,
+            seconds_per_epoch=float(
+                np.mean([h["train_seconds"] + h["val_seconds"] for h in this_run])
+            )
+            if this_run
+            else None,
+        )
+        if closed:
+            log(f"epoch {epoch}: mosaic closed (last {config.close_mosaic} epochs)")
+        losses = []
+        for step in range(steps_per_epoch):
+            indices = order[step * config.batch_size : (step + 1) * config.batch_size]
+            if len(indices) == 0:
+                indices = order[: config.batch_size]
+            images, targets, _ = make_batch(
+                train,
+                indices,
+                sampler,
+                rng,
+                len(names),
+                box_augment=box_augment,
+                intensity_augment=intensity_augment,
+                mosaic_probability=0.0 if closed else config.mosaic,
+                generator=generator,
+            )
+            images = images.to(device, memory_format=torch.channels_last)
+            targets = {k: v.to(device) for k, v in targets.items()}
+            with torch.autocast(device.type, enabled=use_amp):
+                output = network(images)
+            loss = centernet_loss(output, targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss["loss"]).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 10.0)
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update_parameters(network)
+            scheduler.step()
+            losses.append(float(loss["loss"].detach()))
+            iteration += 1
+            if step % 10 == 0:
+                log(
+                    f"epoch {epoch} step {step}/{steps_per_epoch} loss {losses[-1]:.4f} "
+                    f"({time.perf_counter() - started:.0f} s)"
+                )
+            if budget.spent() >= 1:
+                break
+            if config.max_iterations and iteration >= config.max_iterations:
+                break
+        train_seconds = time.perf_counter() - started
+        metrics = evaluate_detector(detector, val)
+        if train_scored:
+            metrics["train_ap50"] = evaluate_detector(detector, train_scored, interval=False)[
+                "ap50"
+            ]
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "lr": scheduler.get_last_lr()[0],
+            "train_seconds": round(train_seconds, 1),
+            "val_seconds": round(time.perf_counter() - started - train_seconds, 1),
+            **metrics,
+        }
+        history.append(row)
+        improved = metrics["ap50"] > best
+        best = max(best, metrics["ap50"])
+        # the best epoch on val to --model-out; every epoch's weights to RUN/last (not picked
+        # on val, and left behind by a run cut short)
+        for folder, selection in ((out / "last", "latest epoch"), (model_out, "best val AP50")):
+            if folder == model_out and not improved:
+                continue
+            card = _epoch_card(card_base, metrics, selection=selection, epoch=epoch, val=val)
+            save_model(evaluated.cpu(), folder, card)
+            evaluated.to(device, memory_format=torch.channels_last)
+        checkpoint = {
+            "model": network.state_dict(),
+            "optimizer": compact_optimizer_state(optimizer.state_dict()),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "best_ap50": best,
+            "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
+            "names": dict(names),
+        }
+        if ema is not None:
+            checkpoint["ema"] = ema.state_dict()
+        with atomic_output(checkpoint_path) as temporary:
+            torch.save(checkpoint, temporary)
+        _write_csv(history, out / "metrics.csv")
+        _plot(history, out / "metrics.png")
+        log(
+            f"epoch {epoch}: loss {row['train_loss']:.4f} AP50 {metrics['ap50']:.4f} "
+            + (f"(train {metrics['train_ap50']:.4f}) " if "train_ap50" in metrics else "")
+            + f"sens@1FP {metrics['froc_sens_at_1fp']:.4f} "
+            f"({train_seconds:.0f}+{row['val_seconds']:.0f} s)" + ("  * saved" if improved else "")
+        )
+        if budget.spent() >= 1:
+            log(f"time budget of {config.minutes:g} minutes spent after epoch {epoch}")
+            break
+        if config.max_iterations and iteration >= config.max_iterations:
+            break
+    if config.rescore and (model_out / "model.json").is_file():
+        from medlens.detect.rescore import rescore_model
+
+        try:
+            rescore_model(model_out, samples=(train, val), log=log)
+        except MedlensError as error:  # e.g. no false positives to learn from: ship without
+            log(f"rescoring skipped: {error}")
+    return {"best_ap50": best, **(history[-1] if history else {})}
+
+
+class _TimeBudget:
+    """The share of ``--minutes`` spent since the run started (0 without a budget)."""
+
+    def __init__(self, minutes: float | None) -> None:
+        self.minutes = minutes
+        self.started = time.perf_counter()
+
+    def spent(self) -> float:
+        if not self.minutes:
+            return 0.0
+        return (time.perf_counter() - self.started) / (self.minutes * 60)
+
+
+def _resumed_config(
+    config: DetectTrainConfig, state: dict[str, Any], names: dict[int, str], out: Path
+) -> DetectTrainConfig:
+    """The options a checkpoint fixes (box encoding, encoder); refused on other classes."""
+    trained_names = state.get("names")  # runs before 2026-12-05 did not record them
+    if trained_names is not None and dict(trained_names) != dict(names):
+        raise MedlensError(
+            f"the run was trained on classes {dict(trained_names)}, this data has {dict(names)}",
+            path=out,
+            hint="resume with the data the run started on, or start a new run with --init",
+        )
+    saved = state["config"]
+    return dataclasses.replace(
+        config,
+        box_encoding=saved.get("box_encoding", "size_offset"),
+        encoder_variant=int(saved.get("encoder_variant", 0)),
+    )
+
+
+def _initialised_network(config: DetectTrainConfig, params: dict[str, Any]) -> CenterNetDetector:
+    """The detector: ImageNet encoder, or ``--init`` weights where names and shapes match (the
+    box head only with the same box encoding)."""
+    network = CenterNetDetector(pretrained=config.pretrained and config.init is None, **params)
+    if config.init is None:
+        return network
+    from medlens.models.zoo import load_model
+
+    initial, init_card = load_model(config.init)
+    init_variant = init_card.architecture["params"].get("encoder_variant", 0)
+    if init_variant != config.encoder_variant:
+        raise MedlensError(
+            f"{config.init} has an EfficientNet-Lite{init_variant} encoder, not the "
+            f"Lite{config.encoder_variant} this run asks for",
+            hint=f"add --encoder lite{init_variant}, or train without --init",
+        )
+    init_boxes = init_card.architecture["params"].get("box_encoding", "size_offset")
+    same_boxes = init_boxes == config.box_encoding
+    own = network.state_dict()
+    network.load_state_dict(
+        {
+            k: v
+            for k, v in initial.state_dict().items()
+            if k in own and own[k].shape == v.shape and (same_boxes or "head_box" not in k)
+        },
+        strict=False,
+    )
+    return network
+
+
+def _best_to_beat(model_out: Path, *, resume: bool, log: Any) -> float:
+    """Never replace a better model already in --model-out (e.g. the shipped one): its val
+    AP50, or -1."""
+    existing = model_out / "model.json"
+    if resume or not existing.is_file():
+        return -1.0
+    previous = json.loads(existing.read_text()).get("metrics", {}).get("val_ap50")
+    if previous is None:
+        return -1.0
+    log(f"{existing} holds a model with val AP50 {float(previous):.4f}: replaced only if beaten")
+    return float(previous)
+
+
+def _augmentation_text(
+    config: DetectTrainConfig,
+    sampler: CropSampler,
+    box_augment: BoxAugment2D,
+    intensity_augment: IntensityAugment,
+) -> str:
+    mosaic_text = ""
+    if config.mosaic:
+        mosaic_text = f"mosaic of 4 windows with probability {config.mosaic}"
+        if config.close_mosaic:
+            mosaic_text += f" (off for the last {config.close_mosaic} epochs)"
+        mosaic_text += ", "
+    return mosaic_text + f"{sampler} then medlens.augment {box_augment} and {intensity_augment}"
+
+
+def _card_base(
+    config: DetectTrainConfig,
+    params: dict[str, Any],
+    names: dict[int, str],
+    *,
+    train: list[DetectionSample],
+    val: list[DetectionSample],
+    leaks: Any,
+    device: torch.device,
+    precision: str,
+    augmentation: str,
+) -> ModelCard:
+    """The model card of this run, less what each epoch adds (metrics, selection)."""
+    return ModelCard(
         name=config.model_name,
         task="detection",
         architecture={"name": ARCHITECTURE, "params": params},
@@ -496,161 +683,36 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             "minutes": config.minutes,
             "ema_decay": config.ema_decay,
             "device": str(device),
-            "precision": "fp16 AMP" if use_amp else "fp32",
+            "precision": precision,
             "batch_size": config.batch_size,
             "crop_size": config.crop_size,
             "lr": config.lr,
             "weight_decay": config.weight_decay,
-            "augmentation": (
-                (
-                    f"mosaic of 4 windows with probability {config.mosaic}"
-                    + (
-                        f" (off for the last {config.close_mosaic} epochs)"
-                        if config.close_mosaic
-                        else ""
-                    )
-                    + ", "
-                    if config.mosaic
-                    else ""
-                )
-                + f"{sampler} then medlens.augment {box_augment} and {intensity_augment}"
-            ),
+            "augmentation": augmentation,
         },
     )
-    iteration = 0
-    out.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder behind
-    for epoch in range(start_epoch, config.epochs):
-        network.train()
-        rng = np.random.default_rng(config.seed * 100003 + epoch)
-        generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
-        order = rng.permutation(len(train))
-        started = time.perf_counter()
-        this_run = history[len(history) - (epoch - start_epoch) :]  # epochs of this process
-        closed = config.mosaic > 0 and mosaic_closed(
-            epoch,
-            epochs=config.epochs,
-            close_epochs=config.close_mosaic,
-            seconds_left=(1 - budget_spent()) * config.minutes * 60 if config.minutes else None,
-            seconds_per_epoch=float(
-                np.mean([h["train_seconds"] + h["val_seconds"] for h in this_run])
-            )
-            if this_run
-            else None,
-        )
-        if closed:
-            log(f"epoch {epoch}: mosaic closed (last {config.close_mosaic} epochs)")
-        losses = []
-        for step in range(steps_per_epoch):
-            indices = order[step * config.batch_size : (step + 1) * config.batch_size]
-            if len(indices) == 0:
-                indices = order[: config.batch_size]
-            images, targets, _ = make_batch(
-                train,
-                indices,
-                sampler,
-                rng,
-                num_classes,
-                box_augment=box_augment,
-                intensity_augment=intensity_augment,
-                mosaic_probability=0.0 if closed else config.mosaic,
-                generator=generator,
-            )
-            images = images.to(device, memory_format=torch.channels_last)
-            targets = {k: v.to(device) for k, v in targets.items()}
-            with torch.autocast(device.type, enabled=use_amp):
-                output = network(images)
-            loss = centernet_loss(output, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss["loss"]).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 10.0)
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update_parameters(network)
-            scheduler.step()
-            losses.append(float(loss["loss"].detach()))
-            iteration += 1
-            if step % 10 == 0:
-                log(
-                    f"epoch {epoch} step {step}/{steps_per_epoch} loss {losses[-1]:.4f} "
-                    f"({time.perf_counter() - started:.0f} s)"
-                )
-            if budget_spent() >= 1:
-                break
-            if config.max_iterations and iteration >= config.max_iterations:
-                break
-        train_seconds = time.perf_counter() - started
-        metrics = evaluate_detector(detector, val)
-        if train_scored:
-            metrics["train_ap50"] = evaluate_detector(detector, train_scored, interval=False)[
-                "ap50"
-            ]
-        row = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(losses)),
-            "lr": scheduler.get_last_lr()[0],
-            "train_seconds": round(train_seconds, 1),
-            "val_seconds": round(time.perf_counter() - started - train_seconds, 1),
-            **metrics,
-        }
-        history.append(row)
-        improved = metrics["ap50"] > best
-        best = max(best, metrics["ap50"])
-        # the best epoch on val to --model-out; every epoch's weights to RUN/last (not picked
-        # on val, and left behind by a run cut short)
-        for folder, selection in ((out / "last", "latest epoch"), (model_out, "best val AP50")):
-            if folder == model_out and not improved:
-                continue
-            card = dataclasses.replace(
-                card_base,
-                training={**card_base.training, "selection": selection},
-                metrics={
-                    **card_val_metrics(metrics),
-                    "val_ap50_ci95_method": "percentile bootstrap over val images (1000x)",
-                    "froc_matching": "froc_sens_*: IoU >= 0.5; froc_iou0.1_*: IoU >= 0.1 (LUNA16)",
-                    "epoch": epoch,
-                    "val_images": len(val),
-                    "val_boxes": int(sum(len(s.boxes) for s in val)),
-                },
-            )
-            save_model(evaluated.cpu(), folder, card)
-            evaluated.to(device, memory_format=torch.channels_last)
-        state = {
-            "model": network.state_dict(),
-            "optimizer": compact_optimizer_state(optimizer.state_dict()),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "history": history,
-            "best_ap50": best,
-            "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
-            "names": dict(names),
-        }
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        with atomic_output(checkpoint_path) as temporary:
-            torch.save(state, temporary)
-        _write_csv(history, out / "metrics.csv")
-        _plot(history, out / "metrics.png")
-        log(
-            f"epoch {epoch}: loss {row['train_loss']:.4f} AP50 {metrics['ap50']:.4f} "
-            + (f"(train {metrics['train_ap50']:.4f}) " if "train_ap50" in metrics else "")
-            + f"sens@1FP {metrics['froc_sens_at_1fp']:.4f} "
-            f"({train_seconds:.0f}+{row['val_seconds']:.0f} s)" + ("  * saved" if improved else "")
-        )
-        if budget_spent() >= 1:
-            log(f"time budget of {config.minutes:g} minutes spent after epoch {epoch}")
-            break
-        if config.max_iterations and iteration >= config.max_iterations:
-            break
-    if config.rescore and (model_out / "model.json").is_file():
-        from medlens.detect.rescore import rescore_model
 
-        try:
-            rescore_model(model_out, samples=(train, val), log=log)
-        except MedlensError as error:  # e.g. no false positives to learn from: ship without
-            log(f"rescoring skipped: {error}")
-    return {"best_ap50": best, **(history[-1] if history else {})}
+
+def _epoch_card(
+    card_base: ModelCard,
+    metrics: dict[str, float],
+    *,
+    selection: str,
+    epoch: int,
+    val: list[DetectionSample],
+) -> ModelCard:
+    return dataclasses.replace(
+        card_base,
+        training={**card_base.training, "selection": selection},
+        metrics={
+            **card_val_metrics(metrics),
+            "val_ap50_ci95_method": "percentile bootstrap over val images (1000x)",
+            "froc_matching": "froc_sens_*: IoU >= 0.5; froc_iou0.1_*: IoU >= 0.1 (LUNA16)",
+            "epoch": epoch,
+            "val_images": len(val),
+            "val_boxes": int(sum(len(s.boxes) for s in val)),
+        },
+    )
 
 
 def command_line(params: dict[str, object] | None = None) -> str:
