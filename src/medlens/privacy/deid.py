@@ -223,6 +223,13 @@ def _read_dicom_checked(path: Path, suffix: str) -> pydicom.Dataset | None:
         if not looks_dicom:
             return None
         raise MedlensError("corrupt DICOM (no SOP Instance/Class UID)", path=path)
+    # Type 1 in every composite object, and the output's folder names: a header cut short
+    # (a truncated copy) can hold the SOP UIDs of its first bytes but not these
+    missing = [key for key in ("StudyInstanceUID", "SeriesInstanceUID") if key not in ds]
+    if missing:
+        raise MedlensError(
+            f"corrupt DICOM (no {' or '.join(missing)}; the file may be truncated)", path=path
+        )
     _check_pixel_length(ds, path)
     return ds
 
