@@ -377,3 +377,21 @@ def test_cli_uses_anisotropic_spacing_from_the_files(shared_data, tmp_path):
     assert expected >= 2.2  # a one-slice shift costs at least the 2.2 mm slice spacing
     voxel_ml = 0.6 * 0.9 * 2.2 / 1000
     assert float(row["volume_ref_ml"]) == pytest.approx((ref == 1).sum() * voxel_ml, rel=1e-5)
+
+
+def test_png_label_maps_with_several_classes_are_scored_per_class(tmp_path):
+    import cv2
+
+    reference = np.zeros((64, 64), np.uint8)
+    reference[5:25, 5:25], reference[35:60, 35:60] = 1, 2
+    prediction = reference.copy()
+    prediction[35:60, 35:45] = 0  # part of class 2 missed
+    for folder, mask in (("ref", reference), ("pred", prediction)):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "frame.png"), mask)
+    out = tmp_path / "eval"
+    assert _run(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(out)]) == 0
+    with open(out / "metrics.csv") as handle:
+        dice = {row["label"]: float(row["dice"]) for row in csv.DictReader(handle)}
+    assert dice["1"] == 1.0
+    assert dice["2"] == pytest.approx(2 * 375 / (375 + 625))

@@ -115,6 +115,31 @@ def test_frame_size_is_2d_only_and_can_be_set_or_switched_off(examples: Path) ->
 
 
 # --------------------------------------------------------------------------- training
+def test_masks_saved_as_pictures_keep_their_classes_and_odd_grey_levels_are_refused(
+    tmp_path: Path,
+) -> None:
+    import cv2
+
+    def saved(name: str, mask: np.ndarray) -> Path:
+        path = tmp_path / name
+        cv2.imwrite(str(path), mask)
+        return path
+
+    classes = np.zeros((40, 40), np.uint8)
+    classes[5:15, 5:15], classes[20:30, 20:30] = 1, 2  # nnU-Net's 2D labels: indices 0..N
+    assert set(np.unique(read_case_label(saved("classes.png", classes)))) == {0, 1, 2}
+    binary = np.where(classes > 0, 255, 0).astype(np.uint8)
+    assert set(np.unique(read_case_label(saved("binary.png", binary)))) == {0, 1}
+    blurred = saved("binary.jpg", binary)  # JPEG edges: thresholded at 128
+    assert set(np.unique(read_case_label(blurred))) == {0, 1}
+    edged = binary.copy()
+    edged[5, 5:9] = 200  # a few anti-aliased pixels of a resized mask
+    assert read_case_label(saved("edged.png", edged))[5, 5] == 1  # (I, J): column 5, row 5
+    grey_coded = np.where(classes == 1, 128, np.where(classes == 2, 255, 0)).astype(np.uint8)
+    with pytest.raises(MedlensError, match="grey levels besides 0 and 255 .e.g. 128"):
+        read_case_label(saved("grey.png", grey_coded))  # a threshold would merge two classes
+
+
 def test_training_writes_plan_log_checkpoint_and_loadable_model(hippocampus_run: Path) -> None:
     plan = json.loads((hippocampus_run / "plan.json").read_text())
     assert plan["dims"] == 3

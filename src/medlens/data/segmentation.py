@@ -132,18 +132,57 @@ def read_case_image(path: Path) -> Image:
     return read_image(path, warn_nan=False)
 
 
+#: image formats whose files are masks drawn as pictures (8 or 16 bit)
+RASTER_FORMATS = ("jpg", "jpeg", "png", "tif", "tiff", "bmp")
+
+
+def raster_mask_labels(array: np.ndarray, *, lossy: bool, path: Path) -> np.ndarray:
+    """Class indices ``(I, J, K)`` of a mask saved as a picture ``(C, I, J, K)``.
+
+    A colour mask counts where any channel is set. JPEG (``lossy``) blurs a 0/255 mask's
+    edges, so it is thresholded at 128. A lossless mask without the value 255 holds class
+    indices as they are (0/1, or 0..N as in nnU-Net's 2D PNG labels); a 0/255 mask is binary,
+    also with a few grey edge pixels (under 1%: a resized mask). Other grey levels are refused:
+    they may code classes, and a threshold would merge them.
+
+    >>> png = np.array([0, 1, 2]).reshape(1, 1, 3, 1)  # three classes
+    >>> raster_mask_labels(png, lossy=False, path=Path("m.png")).ravel()
+    array([0, 1, 2], dtype=uint8)
+    >>> jpeg = np.array([0, 255, 250]).reshape(1, 1, 3, 1)  # a blurred binary mask
+    >>> raster_mask_labels(jpeg, lossy=True, path=Path("m.jpg")).ravel()
+    array([0, 1, 1], dtype=uint8)
+    """
+    grey = array.max(axis=0)
+    top = int(grey.max())
+    if lossy:
+        return (grey > 127).astype(np.uint8) if top > 1 else grey.astype(np.uint8)
+    if top != 255:
+        if top > 255:
+            raise MedlensError(
+                f"mask values reach {top}: label maps hold class indices up to 255", path=path
+            )
+        return grey.astype(np.uint8)
+    binary = np.isin(grey, (0, 255))
+    if binary.mean() >= 0.99:
+        return (grey > 127).astype(np.uint8)
+    levels = ", ".join(str(v) for v in np.unique(grey[~binary])[:4])
+    raise MedlensError(
+        f"mask holds grey levels besides 0 and 255 (e.g. {levels}) in "
+        f"{1 - binary.mean():.0%} of its pixels",
+        path=path,
+        hint="save a binary mask as 0/255, or classes as indices 0..N (nnU-Net's 2D labels)",
+    )
+
+
 def read_case_label(path: Path) -> np.ndarray:
     """Integer label array ``(I, J, K)``; 8-bit raster masks thresholded at 128."""
     from medlens.io import read_image
 
     image = read_image(path, warn_nan=False)
     array = image.numpy()
-    if image.metadata.get("format") in ("jpg", "jpeg", "png", "tif", "tiff", "bmp"):
-        # binary masks saved as images: 0/255 (JPEG blurs them), possibly RGB
-        grey = array.max(axis=0)
-        if grey.max() > 1:
-            return (grey > 127).astype(np.uint8)
-        return grey.astype(np.uint8)
+    image_format = image.metadata.get("format")
+    if image_format in RASTER_FORMATS:
+        return raster_mask_labels(array, lossy=image_format in ("jpg", "jpeg"), path=path)
     if array.shape[0] != 1:
         raise MedlensError(f"label file has {array.shape[0]} channels, expected 1", path=path)
     label = array[0]

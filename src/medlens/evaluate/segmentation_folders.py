@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from medlens.data.segmentation import RASTER_FORMATS, raster_mask_labels
 from medlens.errors import MedlensError
 from medlens.evaluate.folders import (
     EvaluateOptions,
@@ -54,14 +55,13 @@ def _read_label_map(path: Path) -> Any:
 
     image = read_image(path, warn_nan=False)
     array = image.numpy()
-    if array.shape[0] > 1:
+    image_format = image.metadata.get("format") or full_suffix(path).lstrip(".")
+    if image_format in RASTER_FORMATS:  # as training reads masks: one rule for both
+        lossy = image_format in ("jpg", "jpeg")
+        array = raster_mask_labels(array, lossy=lossy, path=path)[None]
+    elif array.shape[0] > 1:
         array = array[:1]
-    if image.metadata.get("format") in ("png", "jpg", "jpeg", "tif", "tiff", "bmp") or (
-        full_suffix(path) in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-    ):
-        if array.max() > 1:
-            array = (array > 127).astype(np.uint8)
-    elif array.dtype.kind == "f":
+    if array.dtype.kind == "f":
         rounded = np.rint(array)
         if not np.array_equal(rounded, array):
             raise MedlensError(
