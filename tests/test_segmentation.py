@@ -768,6 +768,19 @@ def test_readme_demo_writes_seg_nifti_and_an_overlay_page(examples: Path, tmp_pa
     assert not again.exists()
 
 
+def test_a_series_folder_beside_image_files_is_named_not_silently_skipped(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(examples / "hippocampus" / "imagesTr" / "hippocampus_001.nii.gz", mixed)
+    shutil.copytree(examples / "dicom" / "hippocampus-study1", mixed / "study1")
+    out = tmp_path / "out"
+    assert run_cli(["predict", "hippocampus", str(mixed), str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == ["hippocampus_001.nii.gz"]
+    assert "1 sub-folder(s) not segmented (study1)" in capsys.readouterr().err
+
+
 def test_predict_refuses_wrong_inputs(
     hippocampus_run: Path,
     polyp_run: Path,

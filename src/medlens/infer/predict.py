@@ -195,6 +195,15 @@ def plan_jobs(
                     hint="pass an output folder; files keep their input names",
                 )
             jobs = [PredictionJob(f, output / _output_name(f, plan)) for f in files]
+            skipped = sorted(p.name for p in source.iterdir() if p.is_dir())
+            if skipped:  # e.g. a DICOM series folder beside NIfTI files: said, not silent
+                names = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+                warnings.warn(
+                    f"{source}: {len(skipped)} sub-folder(s) not segmented ({names}); a DICOM "
+                    "series folder is its own INPUT",
+                    MedlensWarning,
+                    stacklevel=2,
+                )
         else:  # a DICOM series folder
             target = output if _has_image_suffix(output) else output / f"{source.name}.dcm"
             jobs.append(PredictionJob(source, target, dicom=True))
