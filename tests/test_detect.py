@@ -743,3 +743,18 @@ def test_nan_voxels_show_black_and_the_window_comes_from_the_finite_ones() -> No
         assert (to_grey_uint8(Image(np.full((1, 8, 8, 1), np.nan, np.float32)), 0) == 0).all()
     assert (grey[:, :4] == 0).all()  # (H, W): the NaN rows i < 4 are the first columns
     assert grey.max() == 255 and grey[:, 4:].min() == 0
+
+
+@needs_model
+def test_a_series_folder_beside_slices_is_named_not_silently_skipped(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    slice_path = example_slices(examples, tmp_path / "slices")[0]
+    shutil.copy(slice_path, mixed)
+    shutil.copytree(examples / "dicom" / "hippocampus-study1", mixed / "study1")
+    assert run_cli(["detect", "kidney-stones", str(mixed), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / f"{slice_path.stem}.json").is_file()
+    assert "1 sub-folder(s) not read (study1)" in capsys.readouterr().err
+

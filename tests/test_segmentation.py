@@ -778,7 +778,7 @@ def test_a_series_folder_beside_image_files_is_named_not_silently_skipped(
     out = tmp_path / "out"
     assert run_cli(["predict", "hippocampus", str(mixed), str(out)]) == 0
     assert [p.name for p in out.iterdir()] == ["hippocampus_001.nii.gz"]
-    assert "1 sub-folder(s) not segmented (study1)" in capsys.readouterr().err
+    assert "1 sub-folder(s) not read (study1)" in capsys.readouterr().err
 
 
 def test_predict_refuses_wrong_inputs(

@@ -74,3 +74,19 @@ def failed_inputs_error(failed: list[MedlensError], *, total: int, task: str) ->
         f"{shown}{more}\nfix or remove them, then run them alone (or the folder again with "
         "--overwrite)"
     )
+
+
+def warn_unread_subfolders(folder: Path) -> None:
+    """Name the sub-folders of an INPUT folder of image files, which a run does not read
+    (e.g. a DICOM series beside NIfTI files): said, not skipped silently."""
+    import warnings
+
+    skipped = sorted(path.name for path in Path(folder).iterdir() if path.is_dir())
+    if skipped:
+        names = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        warnings.warn(
+            f"{folder}: {len(skipped)} sub-folder(s) not read ({names}); a DICOM series folder "
+            "is its own INPUT",
+            MedlensWarning,
+            stacklevel=3,
+        )

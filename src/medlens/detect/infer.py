@@ -29,7 +29,7 @@ from medlens.detect.predict import Detector
 from medlens.detect.rescore import BoxRescoring
 from medlens.detect.sr import write_sr
 from medlens.devices import torch_device
-from medlens.errors import MedlensError, failed_inputs_error
+from medlens.errors import MedlensError, failed_inputs_error, warn_unread_subfolders
 from medlens.image import Image
 from medlens.io.atomic import (
     atomic_output,
@@ -143,6 +143,7 @@ def detection_inputs(source: Path) -> list[Path]:
             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
         )
         if images:
+            warn_unread_subfolders(source)
             return images
     return [source]
 

@@ -25,7 +25,12 @@ import numpy as np
 import torch
 
 from medlens.devices import torch_device
-from medlens.errors import MedlensError, MedlensWarning, failed_inputs_error
+from medlens.errors import (
+    MedlensError,
+    MedlensWarning,
+    failed_inputs_error,
+    warn_unread_subfolders,
+)
 from medlens.image import Image
 from medlens.infer.segmentation import predict_images
 from medlens.io.atomic import (
@@ -195,15 +200,7 @@ def plan_jobs(
                     hint="pass an output folder; files keep their input names",
                 )
             jobs = [PredictionJob(f, output / _output_name(f, plan)) for f in files]
-            skipped = sorted(p.name for p in source.iterdir() if p.is_dir())
-            if skipped:  # e.g. a DICOM series folder beside NIfTI files: said, not silent
-                names = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-                warnings.warn(
-                    f"{source}: {len(skipped)} sub-folder(s) not segmented ({names}); a DICOM "
-                    "series folder is its own INPUT",
-                    MedlensWarning,
-                    stacklevel=2,
-                )
+            warn_unread_subfolders(source)
         else:  # a DICOM series folder
             target = output if _has_image_suffix(output) else output / f"{source.name}.dcm"
             jobs.append(PredictionJob(source, target, dicom=True))
