@@ -757,4 +757,3 @@ def test_a_series_folder_beside_slices_is_named_not_silently_skipped(
     assert run_cli(["detect", "kidney-stones", str(mixed), str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / f"{slice_path.stem}.json").is_file()
     assert "1 sub-folder(s) not read (study1)" in capsys.readouterr().err
-
