@@ -781,6 +781,41 @@ def test_a_series_folder_beside_image_files_is_named_not_silently_skipped(
     assert "1 sub-folder(s) not read (study1)" in capsys.readouterr().err
 
 
+def test_stats_csv_gives_each_labels_volume_and_mean_intensity_on_the_source_grid(
+    examples: Path, tmp_path: Path
+) -> None:
+    """``--stats`` (TotalSegmentator's --statistics): checked against the written label maps
+    and the source volumes, read independently with nibabel."""
+    import csv
+
+    import nibabel as nib
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for name in ("hippocampus_001.nii.gz", "hippocampus_003.nii.gz"):
+        shutil.copy(examples / "hippocampus" / "imagesTr" / name, cases)
+    out, table = tmp_path / "out", tmp_path / "volumes.csv"
+    assert run_cli(["predict", "hippocampus", str(cases), str(out), "--stats", str(table)]) == 0
+    with open(table) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["input"], r["label"]) for r in rows] == [
+        (case, part) for case in sorted(p.name for p in cases.iterdir())
+        for part in ("anterior", "posterior")
+    ]  # fmt: skip
+    for row in rows:
+        label = nib.load(out / row["input"])
+        source = np.asarray(nib.load(cases / row["input"]).dataobj, dtype=np.float64)
+        inside = np.asarray(label.dataobj) == int(row["label_value"])
+        voxel_ml = float(np.prod(label.header.get_zooms()[:3])) / 1000
+        assert int(row["voxels"]) == inside.sum() > 500
+        assert float(row["size"]) == pytest.approx(inside.sum() * voxel_ml, rel=1e-3)
+        assert row["unit"] == "mL"
+        assert float(row["mean_intensity"]) == pytest.approx(source[inside].mean(), rel=1e-4)
+    # the table is one more output: never the same file as another
+    again = ["predict", "hippocampus", str(cases), str(tmp_path / "b"), "--stats", str(table)]
+    assert run_cli(again) == 2  # exists, no --overwrite
+
+
 def test_predict_refuses_wrong_inputs(
     hippocampus_run: Path,
     polyp_run: Path,

@@ -170,6 +170,13 @@ def predict(
     html: Annotated[
         Path | None, typer.Option(help="Write an HTML page with overlays and label sizes.")
     ] = None,
+    stats: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a CSV of each input's labels: voxels, size (mL; mm² or px in 2D) and "
+            "mean intensity, as TotalSegmentator's --statistics."
+        ),
+    ] = None,
 ) -> None:
     """Segment images with a trained model; outputs lie on the input grid.
 
@@ -195,6 +202,7 @@ def predict(
         postprocess=postprocess,
         also=also or (),
         html=html,
+        stats=stats,
     )
     for path in written[:10]:
         stdout.print(f"wrote {path}")

@@ -27,6 +27,7 @@ import numpy as np
 
 from medlens.evaluate.report import figure_to_base64, image_tag, table_html, write_report
 from medlens.image import Image
+from medlens.infer.statistics import label_statistics
 
 #: label colours (RGB 0..1), cycled for label values 1, 2, ...
 COLOURS = (
@@ -39,23 +40,19 @@ COLOURS = (
 )
 
 
-def label_sizes(label: Image) -> list[dict[str, object]]:
-    """Voxel count and physical size of each non-background label (mL in 3D, mm² in 2D)."""
-    values = label.numpy()[0]
-    voxel = float(np.prod(label.spacing_mm[: 2 if values.shape[2] == 1 else 3]))
-    counts = np.bincount(
-        values.reshape(-1).astype(np.int64), minlength=max(label.labels, default=0) + 1
-    )
-    rows = []
-    for value, name in sorted(label.labels.items()):
-        if value == 0:
-            continue
-        count = int(counts[value]) if value < len(counts) else 0
-        size = (
-            f"{count * voxel:.1f} mm²" if values.shape[2] == 1 else f"{count * voxel / 1000:.2f} mL"
-        )
-        rows.append({"label": name, "value": value, "voxels": count, "size": size})
-    return rows
+def label_sizes(label: Image, image: Image | None = None) -> list[dict[str, object]]:
+    """Voxel count and physical size of each non-background label, as text (mL in 3D, mm²
+    in 2D with a known spacing, pixels in pictures: :mod:`medlens.infer.statistics`)."""
+    shown = {"mL": "{:.2f} mL", "mm2": "{:.1f} mm²", "px": "{:.0f} px"}
+    return [
+        {
+            "label": row["label"],
+            "value": row["label_value"],
+            "voxels": row["voxels"],
+            "size": shown[str(row["unit"])].format(row["size"]),
+        }
+        for row in label_statistics(label, image)
+    ]
 
 
 def _grey(array: np.ndarray) -> np.ndarray:
@@ -131,7 +128,7 @@ class OverlayPage:
         if self.count < self.limit:
             uri = overlay_figure(image, label, title=name)
             self.figures.append(f"<figure>{image_tag(uri, name)}</figure>")
-        self.rows.extend({"input": name, **row} for row in label_sizes(label))
+        self.rows.extend({"input": name, **row} for row in label_sizes(label, image))
         self.count += 1
 
     def write(self, path: str | Path) -> Path:

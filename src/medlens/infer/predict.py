@@ -33,6 +33,7 @@ from medlens.errors import (
 )
 from medlens.image import Image
 from medlens.infer.segmentation import predict_images
+from medlens.infer.statistics import label_statistics, write_statistics
 from medlens.io.atomic import (
     file_stem,
     full_suffix,
@@ -227,15 +228,15 @@ def plan_jobs(
     return jobs
 
 
-def _refuse_writing_twice(outputs: list[Path], html: str | Path | None) -> None:
-    """OUTPUT, ``--also`` and ``--html`` must name different files: the second write of one
-    path would stop the run (or replace the first) after work was done."""
+def _refuse_writing_twice(outputs: list[Path]) -> None:
+    """OUTPUT, ``--also``, ``--html`` and ``--stats`` must name different files: the second
+    write of one path would stop the run (or replace the first) after work was done."""
     seen: set[Path] = set()
-    for path in [*outputs, *([Path(html)] if html is not None else [])]:
+    for path in outputs:
         resolved = path.resolve()
         if resolved in seen:
             raise MedlensError(
-                "OUTPUT, --also and --html would write this file twice",
+                "OUTPUT, --also, --html and --stats would write this file twice",
                 path=path,
                 hint="give each of them its own file name (or folder)",
             )
@@ -290,6 +291,7 @@ def predict_paths(
     progress: bool = True,
     also: Sequence[str | Path] = (),
     html: str | Path | None = None,
+    stats: str | Path | None = None,
 ) -> list[Path]:
     """Segment every input and write the label maps; returns the written paths.
 
@@ -300,7 +302,8 @@ def predict_paths(
     ``test_time_mirror_axes``); only axes the network was trained mirrored are allowed.
 
     ``also``: further outputs of the same predictions (another format or folder, named like
-    OUTPUT); ``html``: a page with overlays and label sizes of every input.
+    OUTPUT); ``html``: a page with overlays and label sizes of every input; ``stats``: a CSV
+    of each input's label sizes and mean intensities (:mod:`medlens.infer.statistics`).
     """
     from rich.progress import Progress
 
@@ -323,7 +326,12 @@ def predict_paths(
         plan.test_time_mirror_axes = list(tta_axes)
     jobs = plan_jobs(Path(source), Path(output), plan, overwrite=overwrite)
     extra = [plan_jobs(Path(source), Path(other), plan, overwrite=overwrite) for other in also]
-    _refuse_writing_twice([job.output for job_set in [jobs, *extra] for job in job_set], html)
+    outputs = [job.output for job_set in [jobs, *extra] for job in job_set]
+    _refuse_writing_twice([*outputs, *(Path(p) for p in (html, stats) if p is not None)])
+    statistics: list[dict[str, object]] | None = None
+    if stats is not None:
+        stats = prepare_output(Path(stats), overwrite=overwrite)
+        statistics = []
     page = None
     if html is not None:
         from medlens.infer.overlay import OverlayPage
@@ -363,9 +371,14 @@ def predict_paths(
                     )
                 if page is not None:
                     page.add(job.source.name, image, label)
+                if statistics is not None:
+                    rows = label_statistics(label, image)
+                    statistics.extend({"input": job.source.name, **row} for row in rows)
                 bar.advance(task)
     if page is not None:
         written.append(page.write(html))
+    if statistics is not None and stats is not None:
+        written.append(write_statistics(stats, statistics))
     if failed:
         raise failed_inputs_error(failed, total=len(jobs), task="segmented")
     return written
