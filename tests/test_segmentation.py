@@ -140,6 +140,21 @@ def test_masks_saved_as_pictures_keep_their_classes_and_odd_grey_levels_are_refu
         read_case_label(saved("grey.png", grey_coded))  # a threshold would merge two classes
 
 
+def test_plan_only_writes_the_plan_and_trains_nothing(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert train(examples / "hippocampus", run, "--plan-only") == 0
+    assert sorted(p.name for p in run.iterdir()) == ["fingerprint.json", "plan.json", "split.json"]
+    printed = capsys.readouterr().out
+    assert "plan: 3D DynUNet" in printed and "deep supervision: on" in printed
+    planned = json.loads((run / "plan.json").read_text())
+    # the run itself then trains on the plan it showed
+    assert train(examples / "hippocampus", run, "--iterations", "1") == 0
+    assert json.loads((run / "plan.json").read_text()) == planned
+    assert (run / "checkpoint.pt").is_file()
+
+
 def test_training_writes_plan_log_checkpoint_and_loadable_model(hippocampus_run: Path) -> None:
     plan = json.loads((hippocampus_run / "plan.json").read_text())
     assert plan["dims"] == 3

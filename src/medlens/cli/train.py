@@ -251,6 +251,13 @@ def train_seg(
             show_default=False,
         ),
     ] = None,
+    plan_only: Annotated[
+        bool,
+        typer.Option(
+            help="Fingerprint, plan and split only (nnU-Net's plan_and_preprocess): write "
+            "RUN/fingerprint.json, plan.json and split.json, print the plan, train nothing."
+        ),
+    ] = False,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoint.pt.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     amp: Annotated[
@@ -401,10 +408,14 @@ def train_seg(
         group_similar=group_similar,
         dist_backend=dist_backend,
         loss=loss,
+        plan_only=plan_only,
     )
     best = train_segmentation(config)
     import os
 
+    if plan_only:
+        stdout.print(f"wrote {out / 'plan.json'} (and fingerprint.json, split.json)")
+        return
     if os.environ.get("RANK", "0") == "0":  # torchrun: one report, from rank 0
         stdout.print(
             f"best validation mean Dice {best.get('mean_dice')} -> {model_out or out / 'model'}"

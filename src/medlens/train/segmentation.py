@@ -146,6 +146,10 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
         if resume_state is None or not (out / "split.json").is_file():
             groups_entry = {"similar_frame_groups": groups} if groups is not None else {}
             write_json(out / "split.json", split | groups_entry)
+    if config.plan_only:
+        if is_main:
+            print(plan_summary(plan, train_ids, val_ids, deep_supervision=config.deep_supervision))
+        return {"plan_only": True}
 
     train_cases = load_cases([by_id[c] for c in train_ids if c in by_id], plan)
     val_cases = load_cases([by_id[c] for c in val_ids if c in by_id], plan) if is_main else []
@@ -339,6 +343,31 @@ def train_segmentation(config: TrainConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- its parts
+def plan_summary(
+    plan: SegmentationPlan,
+    train_ids: list[str],
+    val_ids: list[str],
+    *,
+    deep_supervision: bool | None,
+) -> str:
+    """A few lines on what the run would train (``--plan-only``), as nnU-Net prints its plan."""
+    spacing = "as the images" if plan.spacing_mm is None else plan.spacing_mm
+    size = f", frames resized to {plan.frame_size}" if plan.frame_size else ""
+    return "\n".join(
+        [
+            f"plan: {plan.dims}D {plan.network}, {plan.in_channels} channel(s), "
+            f"labels {plan.labels}",
+            f"  spacing (mm): {spacing}{size}; normalisation: {plan.normalisation.get('scheme')}",
+            f"  patch {plan.patch_size}, batch {plan.batch_size}, filters {plan.filters}, "
+            f"strides {plan.strides}",
+            f"  deep supervision: {'on' if deep_supervision else 'off'}; mirror axes "
+            f"{plan.trained_mirror_axes()}; largest component proposed for "
+            f"{plan.largest_component or 'no label'}",
+            f"  split: {len(train_ids)} training, {len(val_ids)} validation cases",
+        ]
+    )
+
+
 def _selected_cases(config: TrainConfig) -> list[CasePaths]:
     """The cases of DATA; with ``--max-cases`` the forced validation cases and the first
     others up to that count (a quick run)."""

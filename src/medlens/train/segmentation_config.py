@@ -96,6 +96,9 @@ class TrainConfig:
     #: recipe), off for 2D ones (no gain on the polyp recipe) and DP-SGD; a resumed run
     #: follows its checkpoint
     deep_supervision: bool | None = None
+    #: nnU-Net's plan_and_preprocess stage alone: write fingerprint.json, plan.json and
+    #: split.json into RUN, print the plan and stop (to inspect before hours of training)
+    plan_only: bool = False
 
     def check(self, *, distributed: bool = False) -> None:
         """Refuse options out of range or that cannot work together, before any work
@@ -164,6 +167,8 @@ class TrainConfig:
             raise MedlensError("--ema-decay cannot be combined with --dp-epsilon")
         if self.dp_epsilon is not None and self.deep_supervision:
             raise MedlensError("--deep-supervision cannot be combined with --dp-epsilon")
+        if self.plan_only and self.resume:
+            raise MedlensError("--plan-only plans a new run; a resumed run keeps its plan")
         if self.dp_epsilon is not None and (self.resume or distributed):
             raise MedlensError(
                 "differential privacy cannot be combined with --resume or torchrun",
