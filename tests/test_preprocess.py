@@ -496,6 +496,25 @@ def test_a_bad_image_in_a_folder_is_named_after_the_others_are_preprocessed(
     ]
 
 
+def test_a_dicom_series_folder_inside_an_image_folder_is_named_once(
+    examples: Path, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    from medlens.cli import main
+
+    source = tmp_path / "in"
+    source.mkdir()
+    shutil.copy(examples / "hippocampus" / "imagesTr" / "hippocampus_001.nii.gz", source)
+    shutil.copytree(examples / "dicom" / "hippocampus-study1", source / "study1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["preprocess", str(source), str(tmp_path / "out"), "--pipeline", "mri"])
+    assert exit_info.value.code in (0, None)
+    err = capsys.readouterr().err
+    assert err.count("1 folder(s) of DICOM files not read (study1)") == 1
+    assert (tmp_path / "out" / "hippocampus_001.nii.gz").is_file()
+
+
 def test_cli_bad_pipeline_exits_2(shared_data: Path, tmp_path: Path, capsys) -> None:
     from medlens.cli import main
 

@@ -230,10 +230,9 @@ def preprocess(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from medlens.preprocess import Pipeline
-    from medlens.preprocess.run import plan_outputs, preprocess_path
+    from medlens.preprocess.run import preprocess_path
 
     chain = Pipeline.load(pipeline)
-    total = len(plan_outputs(source, output))
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -242,12 +241,14 @@ def preprocess(
         console=stderr,
         transient=True,
     ) as progress:
-        task = progress.add_task(f"preprocess ({chain.name})", total=total)
+        task = progress.add_task(f"preprocess ({chain.name})", total=None)
         written = preprocess_path(
             source,
             output,
             chain,
             overwrite=overwrite,
-            on_progress=lambda done, _total, _path: progress.update(task, completed=done),
+            on_progress=lambda done, total, _path: progress.update(
+                task, completed=done, total=total
+            ),
         )
     stdout.print(f"wrote {len(written)} image(s) to {output} with pipeline '{chain.name}'")
