@@ -155,6 +155,36 @@ def test_plan_only_writes_the_plan_and_trains_nothing(
     assert (run / "checkpoint.pt").is_file()
 
 
+def test_a_run_trains_on_an_edited_plan_or_a_shipped_models_plan(
+    examples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train(examples / "hippocampus", tmp_path / "planned", "--plan-only") == 0
+    plan = json.loads((tmp_path / "planned" / "plan.json").read_text())
+    plan["patch_size"], plan["batch_size"] = [32, 48, 32], 2  # as a user edits plans.json
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(plan))
+    run = tmp_path / "run"
+    assert train(examples / "hippocampus", run, "--plan", str(edited), "--iterations", "1") == 0
+    trained = json.loads((run / "plan.json").read_text())
+    assert trained["patch_size"] == [32, 48, 32] and trained["batch_size"] == 2
+    # a shipped model's plan, by name: its labels and patch
+    shipped = tmp_path / "shipped"
+    assert train(examples / "hippocampus", shipped, "--plan", "hippocampus", "--plan-only") == 0
+    planned = json.loads((shipped / "plan.json").read_text())
+    assert planned["labels"] == {"0": "background", "1": "anterior", "2": "posterior"}
+
+    # refused before the run folder is written: other data, or options the plan fixes
+    capsys.readouterr()
+    assert train(examples / "kvasir", tmp_path / "a", "--plan", "hippocampus") == 2
+    assert "the plan is for 3D images with 1 channel(s), the data is 2D with 3" in (
+        capsys.readouterr().err
+    )
+    assert train(examples / "hippocampus", tmp_path / "b", "--plan", str(edited), "--patch",
+                 "16x16x16") == 2  # fmt: skip
+    assert "--plan fixes what --patch would set" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_training_writes_plan_log_checkpoint_and_loadable_model(hippocampus_run: Path) -> None:
     plan = json.loads((hippocampus_run / "plan.json").read_text())
     assert plan["dims"] == 3

@@ -251,6 +251,13 @@ def train_seg(
             show_default=False,
         ),
     ] = None,
+    plan: Annotated[
+        Path | None,
+        typer.Option(
+            help="Train on this plan instead of planning: a run's plan.json (e.g. edited "
+            "after --plan-only) or a segmentation model's model.json."
+        ),
+    ] = None,
     plan_only: Annotated[
         bool,
         typer.Option(
@@ -409,6 +416,7 @@ def train_seg(
         dist_backend=dist_backend,
         loss=loss,
         plan_only=plan_only,
+        plan_file=plan,
     )
     best = train_segmentation(config)
     import os

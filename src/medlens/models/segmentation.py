@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,6 +150,36 @@ class SegmentationPlan:
         data["labels"] = {int(k): v for k, v in data["labels"].items()}
         known = {field.name for field in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def read_plan_file(path: str | Path) -> SegmentationPlan:
+    """The plan in ``path``: a run's plan.json (perhaps edited), a model card (model.json,
+    whose plan is under ``preprocessing.plan``) or a shipped model's name, as nnU-Net trains
+    on a custom plans file."""
+    import json
+
+    path = Path(path)
+    if not path.exists() and len(path.parts) == 1:  # a shipped model's name: its card's plan
+        from medlens.models.zoo import find_model
+
+        path = find_model(str(path)) / "model.json"
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise MedlensError(f"cannot read the plan: {error}", path=path) from None
+    if isinstance(content, dict) and "preprocessing" in content:
+        content = (content.get("preprocessing") or {}).get("plan")
+    try:
+        plan = SegmentationPlan.from_dict(content)
+        plan.build_network()  # the layers must fit together (strides, kernels, filters)
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise MedlensError(
+            f"not a medlens segmentation plan ({type(error).__name__}: {error})",
+            path=path,
+            hint="give a run's plan.json (`medlens train seg DATA --out RUN --plan-only`) or a "
+            "segmentation model's model.json",
+        ) from None
+    return plan
 
 
 def _network_shape(patch: list[int], spacing: list[float], dims: int) -> tuple[list, list]:

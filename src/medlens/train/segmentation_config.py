@@ -99,6 +99,9 @@ class TrainConfig:
     #: nnU-Net's plan_and_preprocess stage alone: write fingerprint.json, plan.json and
     #: split.json into RUN, print the plan and stop (to inspect before hours of training)
     plan_only: bool = False
+    #: train on this plan (a run's plan.json, perhaps edited, or a model.json) instead of
+    #: planning from the fingerprint, as nnU-Net trains on a custom plans file
+    plan_file: Path | None = None
 
     def check(self, *, distributed: bool = False) -> None:
         """Refuse options out of range or that cannot work together, before any work
@@ -167,6 +170,21 @@ class TrainConfig:
             raise MedlensError("--ema-decay cannot be combined with --dp-epsilon")
         if self.dp_epsilon is not None and self.deep_supervision:
             raise MedlensError("--deep-supervision cannot be combined with --dp-epsilon")
+        if self.plan_file is not None:
+            planning = {
+                "--patch": self.patch_size is not None,
+                "--filters": self.base_filters is not None,
+                "--network": self.network != "auto",
+                "--frame-size": self.frame_size != "auto",
+                "--labels": self.label_names is not None,
+                "--resume": self.resume,
+            }
+            given = [option for option, set_ in planning.items() if set_]
+            if given:
+                raise MedlensError(
+                    f"--plan fixes what {', '.join(given)} would set",
+                    hint="edit the plan file instead, or leave out --plan",
+                )
         if self.plan_only and self.resume:
             raise MedlensError("--plan-only plans a new run; a resumed run keeps its plan")
         if self.dp_epsilon is not None and (self.resume or distributed):

@@ -29,7 +29,7 @@ from medlens.data.segmentation import (
 from medlens.data.splits import make_split, similar_frame_groups
 from medlens.devices import torch_device
 from medlens.errors import MedlensError
-from medlens.models.segmentation import SegmentationPlan, make_plan
+from medlens.models.segmentation import SegmentationPlan, make_plan, read_plan_file
 from medlens.models.zoo import LITE_UNETS
 from medlens.train.segmentation_config import TrainConfig
 
@@ -145,10 +145,15 @@ def plan_and_split(
     modality = (
         meta.get("modality", {}).get("0", "") if isinstance(meta.get("modality"), dict) else ""
     )
+    given_plan = read_plan_file(config.plan_file) if config.plan_file is not None else None
     names = config.label_names or dataset_label_names(config.data)
+    if given_plan is not None:
+        names = given_plan.labels
     if names is not None and 0 not in names:
         names = {0: "background", **names}
     fingerprint = compute_fingerprint(images, labels, modality=modality)
+    if given_plan is not None:
+        _check_plan_fits(given_plan, fingerprint, config.plan_file)
     if names is not None:
         for case, label in zip(cases, labels, strict=True):
             check_label_classes(label, sorted(names), case.label)
@@ -160,7 +165,7 @@ def plan_and_split(
     if config.group_similar and fingerprint.dims != 2 and verbose:
         print("note: --group-similar applies to 2D frames; a 3D case is a whole scan already")
     del images, labels
-    plan = make_plan(
+    plan = given_plan or make_plan(
         fingerprint,
         labels=names,
         base_filters=config.base_filters,
@@ -190,6 +195,18 @@ def plan_and_split(
             f"{len(groups)} frames; validation holds {len(val_ids)} frames of {val_groups}"
         )
     return plan, train_ids, val_ids, fold, fingerprint_dict, groups
+
+
+def _check_plan_fits(plan: SegmentationPlan, fingerprint: Any, path: Path | None) -> None:
+    """A given plan must take the data's dimensionality and channels (its labels are
+    checked against every label file with the other label checks)."""
+    if plan.dims != fingerprint.dims or plan.in_channels != fingerprint.num_channels:
+        raise MedlensError(
+            f"the plan is for {plan.dims}D images with {plan.in_channels} channel(s), the data "
+            f"is {fingerprint.dims}D with {fingerprint.num_channels}",
+            path=path,
+            hint="plan this data with --plan-only, or leave out --plan",
+        )
 
 
 def apply_options_to_plan(config: TrainConfig, plan: SegmentationPlan) -> list[list[int]] | None:
