@@ -48,19 +48,19 @@ def label_statistics(label: Image, image: Image | None = None) -> list[dict[str,
     unit = size_unit(label, image)
     spacing = label.spacing_mm
     voxel = {"mL": np.prod(spacing) / 1000, "mm2": np.prod(spacing[:2]), "px": 1.0}[unit]
-    flat = values.reshape(-1).astype(np.int64)
-    length = max(max(label.labels, default=0) + 1, int(flat.max(initial=0)) + 1)
-    counts = np.bincount(flat, minlength=length)
-    sums = None
-    if image is not None:
-        intensity = image.numpy().astype(np.float64).mean(axis=0).reshape(-1)
-        sums = np.bincount(flat, weights=intensity, minlength=length)
+    intensity = None
+    if image is not None:  # one channel as it is (no copy of a large volume); RGB: the mean
+        array = image.numpy()
+        intensity = array[0] if array.shape[0] == 1 else array.mean(axis=0, dtype=np.float32)
     rows = []
     for value, name in sorted(label.labels.items()):
         if value == 0:
             continue
-        count = int(counts[value])
-        mean = round(float(sums[value] / count), 4) if sums is not None and count else None
+        inside = values == value  # a boolean mask per label: 1 byte a voxel, not 8
+        count = int(np.count_nonzero(inside))
+        mean = None
+        if intensity is not None and count:
+            mean = round(float(intensity[inside].sum(dtype=np.float64) / count), 4)
         rows.append(
             {
                 "label_value": value,
