@@ -96,8 +96,8 @@ def uses_deep_supervision(
     as ``--deep-supervision`` / ``--no-deep-supervision`` says, else nnU-Net's choice for 3D
     U-Nets trained from scratch: on for 3D DynUNet plans without DP-SGD.
 
-    On the hippocampus recipe it gained +0.002 to +0.004 mean Dice (two schedules,
-    ``benchmarks/results/hippocampus_cpu_training.md``); on the pretrained 2D Lite U-Net of
+    On the hippocampus recipe it gained +0.001 to +0.004 mean Dice with TTA in three paired
+    runs (pooled +0.003; ``benchmarks/results/hippocampus_cpu_training.md``); on the pretrained 2D Lite U-Net of
     the polyp recipe nothing (``polyp_cpu_training.md``, section 29).
     """
     if resume_state is not None:
