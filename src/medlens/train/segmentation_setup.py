@@ -97,8 +97,8 @@ def uses_deep_supervision(
     U-Nets trained from scratch: on for 3D DynUNet plans without DP-SGD.
 
     On the hippocampus recipe it gained +0.001 to +0.004 mean Dice with TTA in three paired
-    runs (pooled +0.003; ``benchmarks/results/hippocampus_cpu_training.md``); on the pretrained 2D Lite U-Net of
-    the polyp recipe nothing (``polyp_cpu_training.md``, section 29).
+    runs (pooled +0.003; ``benchmarks/results/hippocampus_cpu_training.md``); on the
+    pretrained 2D Lite U-Net of the polyp recipe nothing (``polyp_cpu_training.md``, 29).
     """
     if resume_state is not None:
         return "deep_supervision" in resume_state
