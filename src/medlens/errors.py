@@ -76,17 +76,21 @@ def failed_inputs_error(failed: list[MedlensError], *, total: int, task: str) ->
     )
 
 
-def warn_unread_subfolders(folder: Path) -> None:
-    """Name the sub-folders of an INPUT folder of image files, which a run does not read
-    (e.g. a DICOM series beside NIfTI files): said, not skipped silently."""
+def warn_unread_subfolders(
+    folder: Path, skipped: list[str] | None = None, *, what: str = "sub-folder(s)"
+) -> None:
+    """Name the folders inside an INPUT folder of image files that a run does not read (e.g.
+    a DICOM series beside NIfTI files): said, not skipped silently. ``skipped``: their names
+    (default: every sub-folder of ``folder``)."""
     import warnings
 
-    skipped = sorted(path.name for path in Path(folder).iterdir() if path.is_dir())
+    if skipped is None:
+        skipped = sorted(path.name for path in Path(folder).iterdir() if path.is_dir())
     if skipped:
         names = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         warnings.warn(
-            f"{folder}: {len(skipped)} sub-folder(s) not read ({names}); a DICOM series folder "
-            "is its own INPUT",
+            f"{folder}: {len(skipped)} {what} not read ({names}); a DICOM series folder is its "
+            "own INPUT",
             MedlensWarning,
             stacklevel=3,
         )

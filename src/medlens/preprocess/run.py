@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from medlens.errors import MedlensError, MedlensWarning, failed_inputs_error
+from medlens.errors import MedlensError, failed_inputs_error, warn_unread_subfolders
 from medlens.io.atomic import full_suffix, refuse_replacing_inputs
 from medlens.preprocess.atomic_text import write_text_atomic
 from medlens.preprocess.pipeline import Pipeline
@@ -40,15 +39,9 @@ def plan_outputs(source: Path, output: Path) -> list[tuple[Path, Path]]:
     if source.is_dir() and files:
         if output.exists() and not output.is_dir():
             raise MedlensError("output must be a folder when the input is a folder", path=output)
+        # image files are found at any depth; DICOM slices are not read one by one
         series = sorted({str(p.parent.relative_to(source)) for p in source.rglob("*.dcm")})
-        if series:  # image files are found at any depth; DICOM slices are not read one by one
-            names = ", ".join(series[:3]) + (", ..." if len(series) > 3 else "")
-            warnings.warn(
-                f"{source}: {len(series)} folder(s) of DICOM files not read ({names}); a DICOM "
-                "series folder is its own INPUT",
-                MedlensWarning,
-                stacklevel=2,
-            )
+        warn_unread_subfolders(source, series, what="folder(s) of DICOM files")
         return [(f, output / f.relative_to(source)) for f in files]
     if full_suffix(output) == "" or output.is_dir():
         name = source.name if source.is_file() else f"{source.name}.nii.gz"
