@@ -203,7 +203,6 @@ def plan_jobs(
                     hint="pass an output folder; files keep their input names",
                 )
             jobs = [PredictionJob(f, output / _output_name(f, plan)) for f in files]
-            warn_unread_subfolders(source)
         else:  # a DICOM series folder
             target = output if _has_image_suffix(output) else output / f"{source.name}.dcm"
             jobs.append(PredictionJob(source, target, dicom=True))
@@ -328,6 +327,8 @@ def predict_paths(
         plan.test_time_mirror_axes = list(tta_axes)
     jobs = plan_jobs(Path(source), Path(output), plan, overwrite=overwrite)
     extra = [plan_jobs(Path(source), Path(other), plan, overwrite=overwrite) for other in also]
+    if Path(source).is_dir() and not jobs[0].dicom:  # once, not for each --also
+        warn_unread_subfolders(Path(source))
     outputs = [job.output for job_set in [jobs, *extra] for job in job_set]
     _refuse_writing_twice([*outputs, *(Path(p) for p in (html, stats) if p is not None)])
     statistics: list[dict[str, object]] | None = None
