@@ -11,7 +11,7 @@ the paired difference to the reference (``medlens.evaluate.stats.paired_comparis
 Run::
 
     python benchmarks/paired_dice.py ../shared/data/kvasir-seg models/polyp runs/X/model \
-        [--tta] [--split runs/X/split.json]
+        [--tta [--tta-axes 0,1]] [--split runs/X/split.json]
 
 Prints a Markdown table; about 15 s per model and 180 frames on 2 cores (x4 with ``--tta``).
 """
@@ -26,8 +26,16 @@ import numpy as np
 import torch
 
 
-def per_frame_dice(model: Path, cases: list, *, tta: bool, batch_size: int = 8) -> np.ndarray:
-    """Foreground Dice of each case (mean over foreground classes present in either)."""
+def per_frame_dice(
+    model: Path,
+    cases: list,
+    *,
+    tta: bool,
+    tta_axes: list[int] | None = None,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Foreground Dice of each case (mean over foreground classes present in either);
+    ``tta_axes`` replaces the plan's test-time mirror axes so models compare like for like."""
     from medlens.data.segmentation import read_case_image, read_case_label
     from medlens.infer.segmentation import dice_per_class, predict_images
     from medlens.models.segmentation import SegmentationPlan
@@ -36,6 +44,8 @@ def per_frame_dice(model: Path, cases: list, *, tta: bool, batch_size: int = 8) 
     network, card = load_model(model)
     network.eval()
     plan = SegmentationPlan.from_dict(card.preprocessing["plan"])
+    if tta_axes is not None:
+        plan.test_time_mirror_axes = list(tta_axes)
     classes = sorted(int(k) for k in card.labels if int(k) > 0)
     scores = []
     with torch.inference_mode():
@@ -82,6 +92,9 @@ def main() -> None:
     parser.add_argument("models", type=Path, nargs="+", help="model folders; first: reference")
     parser.add_argument("--split", type=Path, help="split.json of a run (else the first card's)")
     parser.add_argument("--tta", action="store_true", help="mirror TTA as the plan sets it")
+    parser.add_argument(
+        "--tta-axes", help="mirror axes for every model's TTA, e.g. 0,1 (else each plan's own)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,9 +107,15 @@ def main() -> None:
     else:
         val = json.loads((args.models[0] / "model.json").read_text())["training"]["split"]["val"]
     cases = validation_cases(find_cases(args.data), val, data=args.data)
-    scores = [per_frame_dice(m, cases, tta=args.tta) for m in args.models]
+    tta_axes = [int(a) for a in args.tta_axes.split(",")] if args.tta_axes else None
+    scores = [per_frame_dice(m, cases, tta=args.tta, tta_axes=tta_axes) for m in args.models]
 
-    print(f"{len(cases)} validation frames, {'with' if args.tta else 'without'} mirror TTA\n")
+    mirroring = (
+        f"with mirror TTA (axes {args.tta_axes or 'of each plan'})"
+        if args.tta
+        else ("without mirror TTA")
+    )
+    print(f"{len(cases)} validation frames, {mirroring}\n")
     print("| model | mean Dice [95% CI] | median | below 0.5 | minus the first [95% CI] |")
     print("| --- | --- | --- | --- | --- |")
     for index, (model, values) in enumerate(zip(args.models, scores, strict=True)):
