@@ -165,6 +165,59 @@ def test_coco_json_gives_the_same_boxes_as_yolo(stones: Path) -> None:
         np.testing.assert_allclose(a.boxes.xyxy, b.boxes.xyxy)
 
 
+def write_coco(stones: Path, annotations: list[dict], *, categories: int = 1) -> Path:
+    """A COCO copy of the val split with ``annotations`` on its first image."""
+    yolo, _ = load_detection_data(stones, "val", names={0: "stone"})
+    height, width = yolo[0].pixels.shape
+    images = [
+        {"id": n, "file_name": s.path.name, "width": width, "height": height}
+        for n, s in enumerate(yolo)
+    ]
+    kinds = [{"id": 7 + k, "name": f"kind{k}"} for k in range(categories)]
+    root = stones.parent / "coco-bad"
+    shutil.copytree(stones / "images", root / "images", dirs_exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    coco = {"images": images, "annotations": annotations, "categories": kinds}
+    (root / "annotations" / "val.json").write_text(json.dumps(coco))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("annotation", "message"),
+    [
+        ({"id": 5, "image_id": 0, "category_id": 7}, "annotation 5: no 'bbox'"),
+        ({"id": 5, "image_id": 0, "category_id": 7, "bbox": [1, 2, 3]}, "annotation 5: bbox"),
+        ({"id": 5, "image_id": 0, "category_id": 7, "bbox": [1, "a", 3, 4]}, "annotation 5: bbox"),
+        ({"id": 5, "image_id": 99, "category_id": 7, "bbox": [1, 2, 3, 4]}, "image_id 99"),
+        ({"id": 5, "image_id": 0, "category_id": 8, "bbox": [1, 2, 3, 4]}, "category_id 8"),
+        ([0, 7, [1, 2, 3, 4]], "an annotation is not an object"),
+    ],
+)
+def test_a_malformed_coco_annotation_is_named_with_its_file(
+    stones: Path, annotation: dict | list, message: str
+) -> None:
+    root = write_coco(stones, [annotation])
+    with pytest.raises(MedlensError, match=message) as error:
+        load_detection_data(root, "val")
+    assert error.value.path == str(root / "annotations" / "val.json")
+
+
+def test_coco_crowd_annotations_are_left_out_of_the_boxes(stones: Path) -> None:
+    """As COCO's own evaluation and torchvision's references do: a crowd region is no box."""
+    box = {"image_id": 0, "category_id": 7, "bbox": [10, 10, 20, 20]}
+    root = write_coco(stones, [{"id": 1, **box}, {"id": 2, "iscrowd": 1, **box}])
+    samples, _ = load_detection_data(root, "val")
+    assert len(samples[0].boxes) == 1
+
+
+def test_names_that_do_not_cover_the_coco_categories_are_refused(stones: Path) -> None:
+    root = write_coco(stones, [], categories=2)
+    with pytest.raises(MedlensError, match="2 categories.*--names gives 1"):
+        load_detection_data(root, "val", names={0: "stone"})
+    samples, names = load_detection_data(root, "val", names={0: "a", 1: "b"})
+    assert names == {0: "a", 1: "b"}
+
+
 @pytest.mark.parametrize("mosaic_probability", [0.0, 1.0])
 def test_perfect_network_outputs_decode_back_to_the_augmented_labels(
     stones: Path, mosaic_probability: float

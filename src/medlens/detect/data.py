@@ -159,7 +159,11 @@ def _coco_file(root: Path, split: str) -> Path | None:
 def load_coco_split(
     root: str | Path, split: str, *, limit: int | None = None
 ) -> tuple[list[DetectionSample], dict[int, str]]:
-    """Samples and names of a COCO split; categories are renumbered 0..N-1 in id order."""
+    """Samples and names of a COCO split; categories are renumbered 0..N-1 in id order.
+
+    Crowd regions (``iscrowd: 1``) are left out, as COCO's own evaluation does not count them
+    as objects; a malformed annotation is an error naming the file and the annotation.
+    """
     root = Path(root)
     path = _coco_file(root, split)
     if path is None:
@@ -169,13 +173,27 @@ def load_coco_split(
         categories = sorted(coco["categories"], key=lambda c: c["id"])
         images = coco["images"]
         annotations = coco.get("annotations", [])
+        image_ids = {entry["id"] for entry in images}
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise MedlensError(f"not a COCO detection file ({error})", path=path) from None
     index_of = {c["id"]: i for i, c in enumerate(categories)}
     names = {i: str(c["name"]) for i, c in enumerate(categories)}
-    per_image: dict[object, list[dict]] = {}
+    per_image: dict[object, list[tuple[object, int, list[float]]]] = {}
     for annotation in annotations:
-        per_image.setdefault(annotation["image_id"], []).append(annotation)
+        if not isinstance(annotation, dict):
+            raise MedlensError(f"an annotation is not an object: {annotation!r:.60}", path=path)
+        if annotation.get("iscrowd"):
+            continue
+        name, box, category = _coco_box(annotation, path)
+        if annotation.get("image_id") not in image_ids:
+            raise MedlensError(
+                f"{name}: image_id {annotation.get('image_id')} is not in the file's images",
+                path=path,
+                hint="check that the annotations belong to this split's json",
+            )
+        if category not in index_of:
+            raise MedlensError(f"{name} has unknown category_id {category}", path=path)
+        per_image.setdefault(annotation["image_id"], []).append((name, index_of[category], box))
     samples = []
     for entry in images[:limit]:
         candidates = [
@@ -187,14 +205,7 @@ def load_coco_split(
         image_path = next((c for c in candidates if c.is_file()), candidates[0])
         pixels = read_grey(image_path)
         rows, labels = [], []
-        for annotation in per_image.get(entry["id"], []):
-            if annotation["category_id"] not in index_of:
-                raise MedlensError(
-                    f"annotation {annotation.get('id')} has unknown category_id "
-                    f"{annotation['category_id']}",
-                    path=path,
-                )
-            x, y, w, h = (float(v) for v in annotation["bbox"])
+        for name, label, (x, y, w, h) in per_image.get(entry["id"], []):
             if (
                 w <= 0
                 or h <= 0
@@ -204,15 +215,34 @@ def load_coco_split(
                 or y + h > pixels.shape[0] + 1
             ):
                 raise MedlensError(
-                    f"annotation {annotation.get('id')}: bbox {annotation['bbox']} is outside "
-                    f"the {pixels.shape[1]}x{pixels.shape[0]} image {entry['file_name']}",
+                    f"{name}: bbox {[x, y, w, h]} is outside the "
+                    f"{pixels.shape[1]}x{pixels.shape[0]} image {entry['file_name']}",
                     path=path,
                 )
             rows.append([x, y, x + w, y + h])
-            labels.append(index_of[annotation["category_id"]])
+            labels.append(label)
         boxes = Boxes(np.array(rows), labels=np.array(labels)) if rows else Boxes.empty()
         samples.append(DetectionSample(image_path, pixels, boxes))
     return samples, names
+
+
+def _coco_box(annotation: dict, path: Path) -> tuple[str, list[float], object]:
+    """``("annotation ID", [x, y, w, h], category_id)``; a MedlensError naming ``path`` says
+    what is missing or not four numbers."""
+    name = f"annotation {annotation.get('id', '(no id)')}"
+    for key in ("image_id", "category_id", "bbox"):
+        if key not in annotation:
+            raise MedlensError(f"{name}: no '{key}'", path=path)
+    bbox = annotation["bbox"]
+    try:
+        box = [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        box = []
+    if len(box) != 4:
+        raise MedlensError(
+            f"{name}: bbox {bbox!r} is not four numbers [x, y, width, height]", path=path
+        )
+    return name, box, annotation["category_id"]
 
 
 def load_detection_data(
@@ -228,6 +258,13 @@ def load_detection_data(
         raise MedlensError("dataset folder not found", path=root)
     if _coco_file(root, split) is not None and not (root / "labels").is_dir():
         samples, coco_names = load_coco_split(root, split, limit=limit)
+        if names and len(names) != len(coco_names):
+            raise MedlensError(
+                f"the COCO file has {len(coco_names)} categories "
+                f"({', '.join(coco_names.values())}) but --names gives {len(names)}",
+                path=_coco_file(root, split),
+                hint="name every category in id order, or leave --names out to use the file's",
+            )
         return samples, names or coco_names
     names = names or read_names(root) or {0: "object"}
     samples = load_yolo_split(root, split, num_classes=len(names), limit=limit)
