@@ -228,6 +228,33 @@ def test_evaluate_detection_coco_json(tmp_path):
     assert row["ap50"] == pytest.approx(51 / 101)  # precision 1 at recall 0, .01, ..., .5
 
 
+@pytest.mark.parametrize(
+    ("prediction", "message"),
+    [
+        ({"image_id": 1, "category_id": 1, "score": 0.9}, "annotation (no id): no 'bbox'"),
+        ({"image_id": 1, "bbox": [0, 0, 10], "score": 0.9}, "is not four numbers"),
+        ({"image_id": "a", "bbox": [0, 0, 10, 10], "score": 0.9}, "must be numbers"),
+        ("not a box", "an annotation is not an object"),
+    ],
+)
+def test_a_malformed_coco_result_is_named_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], prediction: object, message: str
+) -> None:
+    gt = {
+        "images": [{"id": 1, "file_name": "a.png"}],
+        "categories": [{"id": 1, "name": "stone"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]}],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps([prediction]))
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(tmp_path / "pred.json"), str(tmp_path / "gt.json"), "--out", str(out)]
+    assert _run(argv) == 2
+    error = capsys.readouterr().err.replace("\n", " ")
+    assert "pred.json" in error and message in error and "Traceback" not in error
+    assert not out.exists()
+
+
 def test_bad_yolo_line_names_the_file(shared_data, tmp_path, capsys):
     pred, gt = _kidney_predictions(shared_data, tmp_path)
     bad = sorted(pred.glob("*.txt"))[0]
@@ -395,3 +422,17 @@ def test_png_label_maps_with_several_classes_are_scored_per_class(tmp_path):
         dice = {row["label"]: float(row["dice"]) for row in csv.DictReader(handle)}
     assert dice["1"] == 1.0
     assert dice["2"] == pytest.approx(2 * 375 / (375 + 625))
+
+
+def test_crowd_regions_in_a_coco_reference_are_flagged(tmp_path: Path) -> None:
+    from medlens.errors import MedlensWarning
+    from medlens.evaluate.detection_folders import read_coco
+
+    gt = {
+        "images": [{"id": 1, "file_name": "a.png"}],
+        "annotations": [{"id": 1, "image_id": 1, "iscrowd": 1, "bbox": [0, 0, 10, 10]}],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    with pytest.warns(MedlensWarning, match="1 crowd region"):
+        boxes = read_coco(tmp_path / "gt.json", with_scores=False)
+    assert len(boxes.boxes) == 1

@@ -180,11 +180,9 @@ def load_coco_split(
     names = {i: str(c["name"]) for i, c in enumerate(categories)}
     per_image: dict[object, list[tuple[object, int, list[float]]]] = {}
     for annotation in annotations:
-        if not isinstance(annotation, dict):
-            raise MedlensError(f"an annotation is not an object: {annotation!r:.60}", path=path)
+        name, box, category = coco_box(annotation, path)
         if annotation.get("iscrowd"):
             continue
-        name, box, category = _coco_box(annotation, path)
         if annotation.get("image_id") not in image_ids:
             raise MedlensError(
                 f"{name}: image_id {annotation.get('image_id')} is not in the file's images",
@@ -226,11 +224,20 @@ def load_coco_split(
     return samples, names
 
 
-def _coco_box(annotation: dict, path: Path) -> tuple[str, list[float], object]:
-    """``("annotation ID", [x, y, w, h], category_id)``; a MedlensError naming ``path`` says
-    what is missing or not four numbers."""
+def coco_box(
+    annotation: object, path: Path, *, needs_category: bool = True
+) -> tuple[str, list[float], object]:
+    """``("annotation ID", [x, y, w, h], category_id)`` of one COCO annotation; a MedlensError
+    naming ``path`` says what is missing or not four numbers.
+
+    Example:
+        >>> coco_box({"id": 3, "image_id": 1, "category_id": 2, "bbox": [4, 5, 6, 7]}, Path("a"))
+        ('annotation 3', [4.0, 5.0, 6.0, 7.0], 2)
+    """
+    if not isinstance(annotation, dict):
+        raise MedlensError(f"an annotation is not an object: {annotation!r:.60}", path=path)
     name = f"annotation {annotation.get('id', '(no id)')}"
-    for key in ("image_id", "category_id", "bbox"):
+    for key in ("image_id", "category_id", "bbox") if needs_category else ("image_id", "bbox"):
         if key not in annotation:
             raise MedlensError(f"{name}: no '{key}'", path=path)
     bbox = annotation["bbox"]
@@ -242,7 +249,7 @@ def _coco_box(annotation: dict, path: Path) -> tuple[str, list[float], object]:
         raise MedlensError(
             f"{name}: bbox {bbox!r} is not four numbers [x, y, width, height]", path=path
         )
-    return name, box, annotation["category_id"]
+    return name, box, annotation.get("category_id", 0)
 
 
 def load_detection_data(

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medlens.errors import MedlensError
+from medlens.detect.data import coco_box
+from medlens.errors import MedlensError, MedlensWarning
 from medlens.evaluate.detection import detection_metrics, froc, match_detections
 from medlens.evaluate.folders import (
     EvaluateOptions,
@@ -116,16 +118,29 @@ def read_coco(path: Path, *, with_scores: bool, images: dict[int, str] | None = 
     else:
         annotations = data
     images = images or {}
+    crowd = sum(1 for a in annotations if isinstance(a, dict) and a.get("iscrowd"))
+    if crowd:
+        warnings.warn(
+            f"{path}: {crowd} crowd region(s) (iscrowd 1) are scored as ordinary boxes; "
+            "pycocotools would ignore detections on them",
+            MedlensWarning,
+            stacklevel=2,
+        )
     boxes, scores, ids, labels = [], [], [], []
     for annotation in annotations:
-        x, y, w, h = (float(v) for v in annotation["bbox"])
+        name, (x, y, w, h), category = coco_box(annotation, path, needs_category=False)
         boxes.append([x, y, x + w, y + h])
         if with_scores and "score" not in annotation:
             raise MedlensError("prediction has an annotation without 'score'", path=path)
-        scores.append(float(annotation.get("score", 1.0)))
-        image_id = int(annotation["image_id"])
+        try:
+            scores.append(float(annotation.get("score", 1.0)))
+            image_id = int(annotation["image_id"])
+            labels.append(int(category))
+        except (TypeError, ValueError):
+            raise MedlensError(
+                f"{name}: score, image_id and category_id must be numbers", path=path
+            ) from None
         ids.append(images.get(image_id, str(image_id)))
-        labels.append(int(annotation.get("category_id", 0)))
     names = list(images.values()) or sorted(set(ids))
     return BoxSet(
         np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
