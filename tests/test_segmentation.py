@@ -882,6 +882,12 @@ def test_predict_refuses_wrong_inputs(
     cv2.imwrite(str(grey), np.zeros((256, 256), np.uint8))
     assert run_cli(["predict", polyp, str(grey), str(tmp_path / "c.png")]) == 2
     assert "3 channel" in capsys.readouterr().err
+    refused = tmp_path / "new-folder" / "masks"
+    assert (
+        run_cli(["predict", polyp, str(grey), str(refused), "--html", str(refused / "a.html")]) == 2
+    )
+    assert not (tmp_path / "new-folder").exists(), "a refused run leaves no empty folder behind"
+    capsys.readouterr()
     empty = tmp_path / "empty.nii.gz"
     empty.write_bytes(b"")
     assert run_cli(["predict", hippo, str(empty), str(tmp_path / "d.nii.gz")]) == 2

@@ -152,7 +152,7 @@ def convert(
     from medlens.io.atomic import prepare_output, refuse_replacing_inputs
 
     refuse_replacing_inputs([source], [output])
-    prepare_output(output, overwrite=overwrite)  # fail before the (slow) read
+    prepare_output(output, overwrite=overwrite, create_folder=False)  # fail before the read
     image = read_image(source, series_uid=series, resample_nonuniform=resample_nonuniform)
     if channel is not None:
         if not 0 <= channel < image.num_channels:

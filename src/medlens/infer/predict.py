@@ -225,7 +225,7 @@ def plan_jobs(
                 path=job.output,
                 hint="use .nii.gz, .nrrd or .dcm",
             )
-        prepare_output(job.output, overwrite=overwrite)
+        prepare_output(job.output, overwrite=overwrite, create_folder=False)
     return jobs
 
 
@@ -333,13 +333,13 @@ def predict_paths(
     _refuse_writing_twice([*outputs, *(Path(p) for p in (html, stats) if p is not None)])
     statistics: list[dict[str, object]] | None = None
     if stats is not None:
-        stats = prepare_output(Path(stats), overwrite=overwrite)
+        stats = prepare_output(Path(stats), overwrite=overwrite, create_folder=False)
         statistics = []
     page = None
     if html is not None:
         from medlens.infer.overlay import OverlayPage
 
-        html = prepare_output(Path(html), overwrite=overwrite)
+        html = prepare_output(Path(html), overwrite=overwrite, create_folder=False)
         title = str(getattr(cards[0], "name", "") or models[0])
         if len(models) > 1:
             title = f"ensemble of {len(models)}: " + ", ".join(map(str, models))

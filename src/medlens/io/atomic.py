@@ -50,37 +50,41 @@ def refuse_shared_outputs(pairs: Iterable[tuple[Path, Path]]) -> None:
         by_output[output] = source
 
 
-def prepare_output(path: str | Path, *, overwrite: bool = True) -> Path:
-    """Check that ``path`` can be written: parent folder creatable, no clash unless allowed."""
+def prepare_output(path: str | Path, *, overwrite: bool = True, create_folder: bool = True) -> Path:
+    """Check that ``path`` can be written: parent folder creatable, no clash unless allowed.
+
+    ``create_folder=False`` checks without creating missing folders (the nearest existing one
+    must be writable), so a run refused later leaves no empty output folder behind.
+    """
     path = Path(path)
     if path.exists() and path.is_dir():
         raise MedlensError("output path is a folder, expected a file name", path=path)
     if path.exists() and not overwrite:
         raise MedlensError("output exists", path=path, hint="pass --overwrite to replace it")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise MedlensError(
-                    f"cannot write {path.name} here: {parent} is a file, not a folder",
-                    path=path,
-                    hint="choose an output path inside a folder",
-                )
-            break
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
+    nearest = next((parent for parent in path.parents if parent.exists()), Path("."))
+    if not nearest.is_dir():
         raise MedlensError(
-            f"cannot create output folder ({error.strerror or error})",
-            path=path.parent,
-            hint="choose a writable output location",
-        ) from None
+            f"cannot write {path.name} here: {nearest} is a file, not a folder",
+            path=path,
+            hint="choose an output path inside a folder",
+        )
+    if create_folder:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise MedlensError(
+                f"cannot create output folder ({error.strerror or error})",
+                path=path.parent,
+                hint="choose a writable output location",
+            ) from None
+        nearest = path.parent
     # Probe with a real file: os.access says yes for root on read-only mounts and /proc.
     try:
-        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=nearest)
     except OSError as error:
         raise MedlensError(
             f"output folder is not writable ({error.strerror or error})",
-            path=path.parent,
+            path=nearest,
             hint="choose a writable output location",
         ) from None
     os.close(handle)
