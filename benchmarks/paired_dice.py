@@ -110,11 +110,9 @@ def main() -> None:
     tta_axes = [int(a) for a in args.tta_axes.split(",")] if args.tta_axes else None
     scores = [per_frame_dice(m, cases, tta=args.tta, tta_axes=tta_axes) for m in args.models]
 
-    mirroring = (
-        f"with mirror TTA (axes {args.tta_axes or 'of each plan'})"
-        if args.tta
-        else ("without mirror TTA")
-    )
+    mirroring = "without mirror TTA"
+    if args.tta:
+        mirroring = f"with mirror TTA (axes {args.tta_axes or 'of each plan'})"
     print(f"{len(cases)} validation frames, {mirroring}\n")
     print("| model | mean Dice [95% CI] | median | below 0.5 | minus the first [95% CI] |")
     print("| --- | --- | --- | --- | --- |")

@@ -183,9 +183,9 @@ def load_coco_split(
         name, box, category = coco_box(annotation, path)
         if annotation.get("iscrowd"):
             continue
-        if annotation.get("image_id") not in image_ids:
+        if annotation["image_id"] not in image_ids:
             raise MedlensError(
-                f"{name}: image_id {annotation.get('image_id')} is not in the file's images",
+                f"{name}: image_id {annotation['image_id']} is not in the file's images",
                 path=path,
                 hint="check that the annotations belong to this split's json",
             )
@@ -263,13 +263,14 @@ def load_detection_data(
     root = Path(root)
     if not root.is_dir():
         raise MedlensError("dataset folder not found", path=root)
-    if _coco_file(root, split) is not None and not (root / "labels").is_dir():
+    coco_path = _coco_file(root, split)
+    if coco_path is not None and not (root / "labels").is_dir():
         samples, coco_names = load_coco_split(root, split, limit=limit)
         if names and len(names) != len(coco_names):
             raise MedlensError(
                 f"the COCO file has {len(coco_names)} categories "
                 f"({', '.join(coco_names.values())}) but --names gives {len(names)}",
-                path=_coco_file(root, split),
+                path=coco_path,
                 hint="name every category in id order, or leave --names out to use the file's",
             )
         return samples, names or coco_names
