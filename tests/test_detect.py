@@ -463,9 +463,10 @@ def test_mosaic_weight_decay_and_train_ap_are_options_recorded_in_the_run(
     run = tmp_path / "run"
     command = ["train", "detect", str(stones), "--out", str(run), "--epochs", "1"]
     options = ["--mosaic", "1", "--weight-decay", "0.05", "--train-eval-images", "2"]
-    assert run_cli([*command, *options, "--close-mosaic", "1", *TRAIN_ARGS]) == 0
+    assert run_cli([*command, *options, "--close-mosaic", "1", "--seed", "3", *TRAIN_ARGS]) == 0
     card = json.loads((run / "model" / "model.json").read_text())
     assert card["training"]["weight_decay"] == 0.05
+    assert card["training"]["seed"] == 3 and "--seed 3" in card["training"]["command"]
     assert card["training"]["augmentation"].startswith(
         "mosaic of 4 windows with probability 1.0 (off for the last 1 epochs)"
     )
@@ -475,6 +476,23 @@ def test_mosaic_weight_decay_and_train_ap_are_options_recorded_in_the_run(
     with open(run / "metrics.csv") as handle:
         (row,) = list(csv.DictReader(handle))
     assert 0.0 <= float(row["train_ap50"]) <= 1.0
+
+
+def test_seed_fixes_the_new_layers_start_weights(tmp_path: Path) -> None:
+    """The same --seed builds the same detector head; another seed another one (the ImageNet
+    encoder is the same either way)."""
+    from medlens.detect.train import DetectTrainConfig, _initialised_network
+
+    params = {"num_classes": 1, "in_channels": 1, "width": 16, "box_encoding": "ltrb"}
+
+    def start_weights(seed: int) -> dict[str, torch.Tensor]:
+        config = DetectTrainConfig(data=tmp_path, out=tmp_path, pretrained=False, seed=seed)
+        return _initialised_network(config, params).state_dict()
+
+    first, again, other = start_weights(1), start_weights(1), start_weights(2)
+    head = next(name for name in first if name.startswith("head") and name.endswith("weight"))
+    assert torch.equal(first[head], again[head])
+    assert not torch.equal(first[head], other[head])
 
 
 def test_mosaic_share_outside_0_1_is_refused(stones: Path, tmp_path: Path) -> None:

@@ -71,6 +71,9 @@ def train_detect(
     ] = 100,
     limit: Annotated[int | None, typer.Option(help="Use only N training images.")] = None,
     val_limit: Annotated[int | None, typer.Option(help="Use only N validation images.")] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the new layers' weights, the windows and augmentation.")
+    ] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     rescore: Annotated[
@@ -122,6 +125,7 @@ def train_detect(
         train_eval_images=train_eval_images,
         limit=limit,
         val_limit=val_limit,
+        seed=seed,
         threads=threads,
         device=device,
         rescore=rescore,

@@ -580,7 +580,10 @@ def _resumed_config(
 def _initialised_network(config: DetectTrainConfig, params: dict[str, Any]) -> CenterNetDetector:
     """The detector: ImageNet encoder, or ``--init`` weights where names and shapes match (the
     box head only with the same box encoding)."""
-    network = CenterNetDetector(pretrained=config.pretrained and config.init is None, **params)
+    # the new layers' start weights follow --seed (torch's own start seed differs per process)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        network = CenterNetDetector(pretrained=config.pretrained and config.init is None, **params)
     if config.init is None:
         return network
     from medlens.models.zoo import load_model
@@ -688,6 +691,7 @@ def _card_base(
             "crop_size": config.crop_size,
             "lr": config.lr,
             "weight_decay": config.weight_decay,
+            "seed": config.seed,
             "augmentation": augmentation,
         },
     )
