@@ -376,6 +376,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     history: list[dict[str, float]] = []
+    commands = [config.command]  # every command that trained these weights, in order
     start_epoch = 0
     best = _best_to_beat(model_out, resume=config.resume, log=log)
     if state is not None:
@@ -387,6 +388,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         for group in optimizer.param_groups:
             group["lr"] = config.lr * schedule(scheduler.last_epoch)
         history = state["history"]
+        commands = _earlier_commands(state) + commands
         start_epoch = state["epoch"] + 1
         best = state["best_ap50"]
         log(f"resumed at epoch {start_epoch} (best AP50 {best:.4f})")
@@ -420,6 +422,8 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         precision="fp16 AMP" if use_amp else "fp32",
         augmentation=_augmentation_text(config, sampler, box_augment, intensity_augment),
     )
+    if len(commands) > 1:  # a resumed run: retraining needs the whole chain, not the last one
+        card_base.training["commands"] = commands
     iteration = 0
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder behind
     for epoch in range(start_epoch, config.epochs):
@@ -515,6 +519,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             "epoch": epoch,
             "history": history,
             "best_ap50": best,
+            "commands": commands,
             "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
             "names": dict(names),
         }
@@ -575,6 +580,14 @@ def _resumed_config(
         box_encoding=saved.get("box_encoding", "size_offset"),
         encoder_variant=int(saved.get("encoder_variant", 0)),
     )
+
+
+def _earlier_commands(state: dict[str, Any]) -> list[str]:
+    """The commands that trained a checkpoint (older checkpoints: the one in its config)."""
+    if "commands" in state:
+        return list(state["commands"])
+    command = state.get("config", {}).get("command", "")
+    return [command] if command else []
 
 
 def _initialised_network(config: DetectTrainConfig, params: dict[str, Any]) -> CenterNetDetector:
