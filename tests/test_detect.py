@@ -446,6 +446,69 @@ def test_lite2_encoder_starts_from_its_imagenet_weights_and_resumes_as_lite2(
     assert not other.exists()
 
 
+def test_iou_branch_learns_the_iou_each_box_reaches_and_ranks_peaks_by_it() -> None:
+    """The IoU branch's target is the IoU of the cell's predicted box with its object (no
+    gradient into the box), and decoding scores a peak sqrt(heatmap x IoU): of two equally
+    hot peaks, the one whose box fits better ranks first."""
+    from medlens.detect.centernet import centernet_loss, decode, make_targets
+
+    truth = Boxes(np.array([[8.0, 8, 24, 24]]), np.ones(1), np.zeros(1, int))
+    targets = {
+        k: torch.from_numpy(v)[None]
+        for k, v in make_targets(truth, shape=(32, 32), num_classes=1, stride=4).items()
+    }
+    ltrb = torch.full((1, 4, 8, 8), 2.0, requires_grad=True)  # 16-px boxes about each cell
+    heat = torch.logit(targets["heatmap"].clamp(1e-4, 1 - 1e-4))
+
+    def quality_loss(logit: float) -> torch.Tensor:
+        quality = torch.full((1, 1, 8, 8), logit, requires_grad=True)
+        output = {"heatmap": heat, "ltrb": ltrb, "quality": quality}
+        return centernet_loss(output, targets)["quality"]
+
+    # the centre cell's box is exact and off-centre cells overlap less: trusting every box
+    # fully costs more than the IoUs they reach, and distrusting them costs the most
+    losses = [float(quality_loss(logit).detach()) for logit in (0.0, 6.0, -6.0)]
+    assert losses[0] < losses[1] < losses[2]
+    quality_loss(3.0).backward()
+    assert ltrb.grad is None
+
+    output = {
+        "heatmap": torch.full((1, 1, 8, 8), -10.0),
+        "ltrb": torch.ones(1, 4, 8, 8),
+        "quality": torch.full((1, 1, 8, 8), -10.0),
+    }
+    output["heatmap"][0, 0, 1, 1] = output["heatmap"][0, 0, 5, 5] = 0.0  # heat 0.5 each
+    output["quality"][0, 0, 1, 1], output["quality"][0, 0, 5, 5] = -2.0, 2.0
+    found = decode(output, stride=4, score_threshold=0.1)[0]
+    iou_good, iou_bad = torch.sigmoid(torch.tensor([2.0, -2.0])).tolist()
+    assert found.scores.tolist() == pytest.approx([(0.5 * iou_good) ** 0.5, (0.5 * iou_bad) ** 0.5])
+    assert found.xyxy[0].tolist() == pytest.approx([18.0, 18, 26, 26])
+
+
+def test_iou_branch_is_recorded_in_the_card_kept_on_resume_and_exported_to_onnx(
+    stones: Path, tmp_path: Path
+) -> None:
+    """``--iou-branch`` adds the IoU output to the shipped architecture; ``--resume`` keeps
+    it without the flag, and the ONNX engine scores boxes as PyTorch does."""
+    from medlens.detect.infer import load_detector
+
+    run = tmp_path / "run"
+    command = ["train", "detect", str(stones), "--out", str(run), *TRAIN_ARGS]
+    assert run_cli([*command, "--epochs", "1", "--iou-branch", "--no-rescore"]) == 0
+    card = json.loads((run / "model" / "model.json").read_text())
+    assert card["architecture"]["params"]["iou_branch"] is True
+    assert run_cli([*command, "--epochs", "2", "--resume", "--no-rescore"]) == 0
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["model"]["head_box.1.weight"].shape[0] == 5
+    samples, _ = load_detection_data(stones, "val", names={0: "stone"})
+    pixels = [s.pixels for s in samples]
+    by_torch, _ = load_detector(run / "last", conf=0.01, engine="torch")
+    by_onnx, _ = load_detector(run / "last", conf=0.01, engine="onnx", cache_dir=tmp_path)
+    for torch_boxes, onnx_boxes in zip(by_torch(pixels), by_onnx(pixels), strict=True):
+        assert len(torch_boxes) == len(onnx_boxes) > 0
+        np.testing.assert_allclose(torch_boxes.scores, onnx_boxes.scores, atol=1e-3)
+
+
 def test_mosaic_joins_four_windows_and_keeps_each_box_with_its_pixels() -> None:
     from medlens.detect.augment import mosaic
 

@@ -40,6 +40,13 @@ def train_detect(
     pretrained: Annotated[
         bool, typer.Option(help="Start the encoder from its ImageNet EfficientNet-Lite weights.")
     ] = True,
+    iou_branch: Annotated[
+        bool,
+        typer.Option(
+            help="Also predict each box's IoU and rank peaks by sqrt(heatmap x IoU) "
+            "(IoU-aware RetinaNet)."
+        ),
+    ] = False,
     init: Annotated[
         Path | None, typer.Option(help="Start from a shipped detection model (name or folder).")
     ] = None,
@@ -113,6 +120,7 @@ def train_detect(
         input_size=input_size,
         crop_size=crop_size,
         encoder_variant=encoders[encoder],
+        iou_branch=iou_branch,
         pretrained=pretrained,
         init=init,
         resume=resume,

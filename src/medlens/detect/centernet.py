@@ -4,8 +4,9 @@ Each object is a Gaussian peak on the class heatmap at its centre (stride-4 cell
 with sigma proportional to the box width/height (TTFNet, so thin and tiny boxes keep a sharp
 peak). Boxes are regressed either TTFNet-style (``"ltrb"``: every cell under the object's
 Gaussian predicts its distances to the four box edges, GIoU loss weighted by the Gaussian,
-each object's weights summing to 1) or CenterNet-style (``"size_offset"``: width/height and
-sub-cell offset at the centre cell only, L1).
+each object's weights summing to 1; with an IoU branch, each such cell also learns the IoU its
+box reaches, IoU-aware RetinaNet's binary cross-entropy) or CenterNet-style (``"size_offset"``:
+width/height and sub-cell offset at the centre cell only, L1).
 """
 
 from __future__ import annotations
@@ -85,15 +86,28 @@ def cell_boxes(ltrb: torch.Tensor, *, stride: int) -> torch.Tensor:
     )
 
 
-def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - generalised IoU of (N, 4) ``xyxy`` boxes."""
+def pairwise_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of each (N, 4) ``xyxy`` box in ``pred`` with the one in the same row of ``target``.
+
+    >>> pairwise_iou(torch.tensor([[0.0, 0, 2, 2]]), torch.tensor([[1.0, 0, 3, 2]])).tolist()
+    [0.3333333432674408]
+    """
+    return _iou_union(pred, target)[0]
+
+
+def _iou_union(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     area_p = (pred[:, 2] - pred[:, 0]).clamp(min=0) * (pred[:, 3] - pred[:, 1]).clamp(min=0)
     area_t = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
     low = torch.maximum(pred[:, :2], target[:, :2])
     high = torch.minimum(pred[:, 2:], target[:, 2:])
     inter = (high - low).clamp(min=0).prod(dim=1)
     union = area_p + area_t - inter
-    iou = inter / union.clamp(min=1e-6)
+    return inter / union.clamp(min=1e-6), union
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - generalised IoU of (N, 4) ``xyxy`` boxes."""
+    iou, union = _iou_union(pred, target)
     hull = torch.maximum(pred[:, 2:], target[:, 2:]) - torch.minimum(pred[:, :2], target[:, :2])
     hull_area = hull.clamp(min=0).prod(dim=1)
     return 1 - (iou - (hull_area - union) / hull_area.clamp(min=1e-6))
@@ -117,6 +131,7 @@ def centernet_loss(
     size_weight: float = 0.1,
     offset_weight: float = 1.0,
     giou_weight: float = 5.0,
+    quality_weight: float = 1.0,
     stride: int = 4,
 ) -> dict[str, torch.Tensor]:
     if "ltrb" in output:
@@ -124,13 +139,24 @@ def centernet_loss(
         weight = targets["box_weight"]
         selected = weight > 0
         count = targets["mask"].sum().clamp(min=1.0)
+        quality = output["quality"].sum() * 0.0 if "quality" in output else None
         if selected.any():
             pred = cell_boxes(output["ltrb"].float(), stride=stride).permute(0, 2, 3, 1)[selected]
             target = targets["box"].permute(0, 2, 3, 1)[selected]
             box = (giou_loss(pred, target) * weight[selected]).sum() / count
+            if quality is not None:
+                # the IoU the box reaches now is the target (not a gradient path to the box)
+                reached = pairwise_iou(pred.detach(), target)
+                logits = output["quality"].float()[:, 0][selected]
+                bce = F.binary_cross_entropy_with_logits(logits, reached, reduction="none")
+                quality = (bce * weight[selected]).sum() / count
         else:
             box = output["ltrb"].sum() * 0.0
-        return {"loss": heat + giou_weight * box, "heatmap": heat, "giou": box}
+        losses = {"loss": heat + giou_weight * box, "heatmap": heat, "giou": box}
+        if quality is not None:
+            losses["loss"] = losses["loss"] + quality_weight * quality
+            losses["quality"] = quality
+        return losses
     mask = targets["mask"].unsqueeze(1)
     count = mask.sum().clamp(min=1.0)
     heat = focal_loss(output["heatmap"], targets["heatmap"])
@@ -151,10 +177,18 @@ def decode(
     stride: int,
     max_objects: int = 100,
     score_threshold: float = 0.01,
+    quality_exponent: float = 0.5,
 ) -> list[Boxes]:
-    """Boxes (network pixels) per batch item from heatmap peaks (3x3 max-pool "NMS")."""
+    """Boxes (network pixels) per batch item from heatmap peaks (3x3 max-pool "NMS").
+
+    With a ``quality`` output (IoU branch) a peak scores ``heat ** (1 - quality_exponent) *
+    iou ** quality_exponent`` (IoU-aware RetinaNet's product; 0.5 there).
+    """
     heat = torch.sigmoid(output["heatmap"].float())
     peaks = heat == F.max_pool2d(heat, 3, stride=1, padding=1)
+    if "quality" in output:
+        iou = torch.sigmoid(output["quality"].float())
+        heat = heat ** (1 - quality_exponent) * iou**quality_exponent
     heat = heat * peaks
     batch, classes, height, width = heat.shape
     results = []

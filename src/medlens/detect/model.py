@@ -8,6 +8,9 @@ A small feature pyramid merges strides 32, 16, 8 and 4; the head predicts at str
 distances to the box's left, top, right and bottom edges (``box_encoding="ltrb"``, TTFNet:
 every cell near a centre is a regression sample, trained with GIoU, which converges in far
 fewer epochs than CenterNet's single-cell width/height + offset, ``"size_offset"``).
+With ``iou_branch=True`` the box head also predicts, per cell, the IoU its box will have with
+the object (IoU-aware RetinaNet, Wu et al. 2020; the ``quality`` output), so a peak whose box
+fits badly ranks lower than one whose box fits well.
 
 Example:
     >>> net = CenterNetDetector(num_classes=1, box_encoding="ltrb")
@@ -215,6 +218,12 @@ class CenterNetDetector(nn.Module):
     ``heatmap`` logits ``(B, num_classes, H/4, W/4)`` and either ``ltrb`` (distances from the
     cell centre to the box edges in stride-4 cells, ``(B, 4, H/4, W/4)``) or, for
     ``box_encoding="size_offset"``, ``size`` (w, h in cells) and ``offset`` (sub-cell centre).
+    ``iou_branch`` (``ltrb`` only) adds ``quality``: logits ``(B, 1, H/4, W/4)`` of the IoU of
+    each cell's box with its object, from the box head's last layer (one more output channel).
+
+    >>> net = CenterNetDetector(box_encoding="ltrb", iou_branch=True)
+    >>> tuple(net(torch.zeros(1, 1, 64, 64))["quality"].shape)
+    (1, 1, 16, 16)
     """
 
     def __init__(
@@ -226,10 +235,14 @@ class CenterNetDetector(nn.Module):
         pretrained: bool = False,
         box_encoding: str = "size_offset",
         encoder_variant: int = 0,
+        iou_branch: bool = False,
     ) -> None:
         super().__init__()
         if box_encoding not in ("size_offset", "ltrb"):
             raise ValueError(f"box_encoding must be 'size_offset' or 'ltrb', not {box_encoding!r}")
+        if iou_branch and box_encoding != "ltrb":
+            raise ValueError("iou_branch needs box_encoding='ltrb'")
+        self.iou_branch = iou_branch
         self.num_classes = num_classes
         self.box_encoding = box_encoding
         self.encoder = LiteEncoder(in_channels, variant=encoder_variant)
@@ -240,7 +253,9 @@ class CenterNetDetector(nn.Module):
         self.head_heatmap = nn.Sequential(
             _conv_bn_relu(width, width), nn.Conv2d(width, num_classes, 1)
         )
-        self.head_box = nn.Sequential(_conv_bn_relu(width, width), nn.Conv2d(width, 4, 1))
+        self.head_box = nn.Sequential(
+            _conv_bn_relu(width, width), nn.Conv2d(width, 5 if iou_branch else 4, 1)
+        )
         # focal-loss prior: start predicting "almost nothing" (CenterNet / RetinaNet init)
         nn.init.constant_(self.head_heatmap[-1].bias, -math.log((1 - 0.01) / 0.01))
 
@@ -253,7 +268,10 @@ class CenterNetDetector(nn.Module):
         merged = self.smooth(top)
         box = self.head_box(merged)
         if self.box_encoding == "ltrb":
-            return {"heatmap": self.head_heatmap(merged), "ltrb": F.softplus(box) * 4.0}
+            output = {"heatmap": self.head_heatmap(merged), "ltrb": F.softplus(box[:, :4]) * 4.0}
+            if self.iou_branch:
+                output["quality"] = box[:, 4:]
+            return output
         return {
             "heatmap": self.head_heatmap(merged),
             "size": F.softplus(box[:, :2]),

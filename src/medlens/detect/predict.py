@@ -51,8 +51,12 @@ class Detector:
         # average with the left-right mirrored image (left/right distances swap)
         mirrored = self.network(batch.flip(-1))
         ltrb = mirrored["ltrb"].flip(-1)[:, [2, 1, 0, 3]]
-        heat = (torch.sigmoid(output["heatmap"]) + torch.sigmoid(mirrored["heatmap"].flip(-1))) / 2
-        return {"heatmap": torch.logit(heat, eps=1e-6), "ltrb": (output["ltrb"] + ltrb) / 2}
+        averaged = {"ltrb": (output["ltrb"] + ltrb) / 2}
+        for key in ("heatmap", "quality"):  # probabilities averaged, given back as logits
+            if key in output:
+                mean = (torch.sigmoid(output[key]) + torch.sigmoid(mirrored[key].flip(-1))) / 2
+                averaged[key] = torch.logit(mean, eps=1e-6)
+        return averaged
 
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray], *, batch_size: int = 1) -> list[Boxes]:
