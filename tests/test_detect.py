@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -507,6 +508,94 @@ def test_iou_branch_is_recorded_in_the_card_kept_on_resume_and_exported_to_onnx(
     for torch_boxes, onnx_boxes in zip(by_torch(pixels), by_onnx(pixels), strict=True):
         assert len(torch_boxes) == len(onnx_boxes) > 0
         np.testing.assert_allclose(torch_boxes.scores, onnx_boxes.scores, atol=1e-3)
+
+
+def test_size_groups_give_a_tight_and_a_loose_box_their_own_channels_at_one_cell() -> None:
+    """With ``size_split_px``, a box below the split trains group 0's heatmap and box channels,
+    one above it group 1's; decoding reads each peak's box from its own group, so one cell can
+    report a tight and a loose box at once (the two box styles of the kidney-stone labels)."""
+    from medlens.detect.centernet import centernet_loss, decode, make_targets
+
+    tight, loose = [12.0, 12, 20, 20], [0.0, 0, 32, 32]  # same centre, 8 px and 32 px
+    truth = Boxes(np.array([tight, loose]), np.ones(2), np.zeros(2, int))
+    made = make_targets(truth, shape=(32, 32), num_classes=1, stride=4, size_split_px=[16.0])
+    assert made["heatmap"].shape == (2, 8, 8) and made["box"].shape == (8, 8, 8)
+    assert made["heatmap"][0, 4, 4] == made["heatmap"][1, 4, 4] == 1.0
+    assert made["box"][:4, 4, 4].tolist() == tight and made["box"][4:, 4, 4].tolist() == loose
+    assert made["box_weight"].shape == (2, 8, 8)
+    assert made["box_weight"][0].sum() == pytest.approx(made["box_weight"][1].sum()) == 1.0
+
+    # the exact boxes per group cost no box loss; swapping the groups' boxes does
+    targets = {k: torch.from_numpy(v)[None] for k, v in made.items()}
+    cells = (torch.arange(8.0) + 0.5) * 4
+
+    def ltrb_of(box: list[float]) -> torch.Tensor:
+        x0, y0, x1, y1 = (torch.tensor(v) for v in box)
+        return (
+            torch.stack(
+                [
+                    (cells[None, :] - x0).expand(8, 8),
+                    (cells[:, None] - y0).expand(8, 8),
+                    (x1 - cells[None, :]).expand(8, 8),
+                    (y1 - cells[:, None]).expand(8, 8),
+                ]
+            )
+            / 4
+        )
+
+    exact = torch.cat([ltrb_of(tight), ltrb_of(loose)])[None]
+    swapped = torch.cat([ltrb_of(loose), ltrb_of(tight)])[None]
+    heat = torch.logit(targets["heatmap"].clamp(1e-4, 1 - 1e-4))
+    assert float(centernet_loss({"heatmap": heat, "ltrb": exact}, targets)["giou"]) < 1e-5
+    assert float(centernet_loss({"heatmap": heat, "ltrb": swapped}, targets)["giou"]) > 0.5
+
+    found = decode({"heatmap": heat, "ltrb": exact}, stride=4, score_threshold=0.5)[0]
+    assert sorted(found.xyxy.tolist()) == [loose, tight]
+    assert found.labels.tolist() == [0, 0]
+
+
+def test_size_groups_are_recorded_in_the_card_kept_on_resume_and_exported_to_onnx(
+    stones: Path, tmp_path: Path
+) -> None:
+    """``--size-split-px`` reaches the card and the exact command; ``--resume`` rebuilds the
+    groups from the checkpoint's typed architecture, and the ONNX engine (and flip TTA, which
+    swaps left and right per group) agree with PyTorch."""
+    from medlens.detect.infer import load_detector
+
+    run = tmp_path / "run"
+    command = ["train", "detect", str(stones), "--out", str(run), *TRAIN_ARGS]
+    assert run_cli([*command, "--epochs", "1", "--size-split-px", "20", "--no-rescore"]) == 0
+    card = json.loads((run / "model" / "model.json").read_text())
+    assert card["architecture"]["params"]["size_split_px"] == [20.0]
+    assert "--size-split-px 20 " in card["training"]["command"]
+    assert run_cli([*command, "--epochs", "2", "--resume", "--no-rescore"]) == 0
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["architecture"]["size_split_px"] == [20.0]
+    assert checkpoint["model"]["head_box.1.weight"].shape[0] == 8
+    samples, _ = load_detection_data(stones, "val", names={0: "stone"})
+    pixels = [s.pixels for s in samples]
+    by_torch, _ = load_detector(run / "last", conf=0.01, engine="torch")
+    by_onnx, _ = load_detector(run / "last", conf=0.01, engine="onnx", cache_dir=tmp_path)
+    for torch_boxes, onnx_boxes in zip(by_torch(pixels), by_onnx(pixels), strict=True):
+        assert len(torch_boxes) == len(onnx_boxes) > 0
+        np.testing.assert_allclose(torch_boxes.xyxy, onnx_boxes.xyxy, atol=1e-2)
+    # a mirrored image gives the mirrored boxes under flip TTA (left/right swapped per group)
+    flipped = dataclasses.replace(by_torch, flip_tta=True)
+    image = pixels[0]
+    width = image.shape[1]
+    plain, mirrored = flipped([image, np.ascontiguousarray(image[:, ::-1])])
+    order = np.argsort(-plain.scores)[:3]
+    back = mirrored.xyxy[np.argsort(-mirrored.scores)[:3]][:, [2, 1, 0, 3]] * [-1, 1, -1, 1]
+    np.testing.assert_allclose(plain.xyxy[order], back + [width, 0, width, 0], atol=0.5)
+
+
+def test_size_split_must_rise_and_exclude_the_iou_branch(stones: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    command = ["train", "detect", str(stones), "--out", str(run), *TRAIN_ARGS]
+    for bad in (["--size-split-px", "40", "--size-split-px", "20"], ["--size-split-px", "-1"]):
+        assert run_cli([*command, *bad]) == 2
+    assert run_cli([*command, "--size-split-px", "20", "--iou-branch"]) == 2
+    assert not run.exists()
 
 
 def test_mosaic_joins_four_windows_and_keeps_each_box_with_its_pixels() -> None:

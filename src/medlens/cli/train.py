@@ -47,6 +47,13 @@ def train_detect(
             "(IoU-aware RetinaNet)."
         ),
     ] = False,
+    size_split_px: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="Box size sqrt(w h), network px, where boxes move to another size group with "
+            "its own heatmap and box channels (repeat for more groups), e.g. 36."
+        ),
+    ] = None,
     init: Annotated[
         Path | None, typer.Option(help="Start from a shipped detection model (name or folder).")
     ] = None,
@@ -121,6 +128,7 @@ def train_detect(
         crop_size=crop_size,
         encoder_variant=encoders[encoder],
         iou_branch=iou_branch,
+        size_split_px=tuple(size_split_px or ()),
         pretrained=pretrained,
         init=init,
         resume=resume,

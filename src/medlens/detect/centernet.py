@@ -7,9 +7,17 @@ Gaussian predicts its distances to the four box edges, GIoU loss weighted by the
 each object's weights summing to 1; with an IoU branch, each such cell also learns the IoU its
 box reaches, IoU-aware RetinaNet's binary cross-entropy) or CenterNet-style (``"size_offset"``:
 width/height and sub-cell offset at the centre cell only, L1).
+
+With ``size_split_px`` (``ltrb`` only), objects are split into size groups by ``sqrt(w h)``
+(network pixels), each with its own heatmap and box channels (FCOS/YOLO assign objects to
+pyramid levels by size the same way): channel ``g * num_classes + c`` is class ``c`` in group
+``g``, ``ltrb`` holds 4 channels per group. One cell can then offer a tight and a loose box at
+once, which a single head averages into a box that matches neither.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -18,30 +26,54 @@ import torch.nn.functional as F
 from medlens.detect.boxes import Boxes
 
 
+def size_groups(boxes: Boxes, size_split_px: Sequence[float]) -> np.ndarray:
+    """Size group of each box: how many of ``size_split_px`` its ``sqrt(w h)`` reaches.
+
+    >>> size_groups(Boxes(np.array([[0.0, 0, 10, 10], [0, 0, 40, 50]])), [36.0]).tolist()
+    [0, 1]
+    """
+    side_px = np.sqrt(np.prod(boxes.size, axis=1))
+    return np.searchsorted(np.asarray(size_split_px, float), side_px, side="right")
+
+
 def make_targets(
-    boxes: Boxes, *, shape: tuple[int, int], num_classes: int, stride: int, alpha: float = 0.54
+    boxes: Boxes,
+    *,
+    shape: tuple[int, int],
+    num_classes: int,
+    stride: int,
+    alpha: float = 0.54,
+    size_split_px: Sequence[float] = (),
 ) -> dict[str, np.ndarray]:
-    """Targets for one image of ``shape`` (H, W) network pixels."""
+    """Targets for one image of ``shape`` (H, W) network pixels.
+
+    ``box`` is ``(4 * groups, H, W)`` and ``box_weight`` ``(groups, H, W)`` (groups = one more
+    than ``size_split_px`` has values); ``mask`` marks the centre cells of all groups.
+    """
     out_h, out_w = shape[0] // stride, shape[1] // stride
-    heatmap = np.zeros((num_classes, out_h, out_w), np.float32)
+    groups = len(size_split_px) + 1
+    heatmap = np.zeros((num_classes * groups, out_h, out_w), np.float32)
     size = np.zeros((2, out_h, out_w), np.float32)
     offset = np.zeros((2, out_h, out_w), np.float32)
     mask = np.zeros((out_h, out_w), np.float32)
-    box_target = np.zeros((4, out_h, out_w), np.float32)  # x0, y0, x1, y1 in network pixels
-    box_weight = np.zeros((out_h, out_w), np.float32)
+    # x0, y0, x1, y1 in network pixels, per group
+    box_target = np.zeros((groups, 4, out_h, out_w), np.float32)
+    box_weight = np.zeros((groups, out_h, out_w), np.float32)
     ys, xs = np.mgrid[0:out_h, 0:out_w]
+    group_of = size_groups(boxes, size_split_px) if len(boxes) else []
     # larger boxes first so a small box's regression target wins a shared cell
     order = np.argsort(-np.prod(boxes.size, axis=1)) if len(boxes) else []
     for index in order:
+        group = int(group_of[index])
         x0, y0, x1, y1 = boxes.xyxy[index] / stride
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         ix, iy = min(int(cx), out_w - 1), min(int(cy), out_h - 1)
         sigma_x = max(alpha * (x1 - x0) / 6, 0.4)
         sigma_y = max(alpha * (y1 - y0) / 6, 0.4)
         gauss = np.exp(-((xs - ix) ** 2) / (2 * sigma_x**2) - ((ys - iy) ** 2) / (2 * sigma_y**2))
-        label = int(boxes.labels[index])
-        np.maximum(heatmap[label], gauss, out=heatmap[label])
-        heatmap[label, iy, ix] = 1.0
+        channel = group * num_classes + int(boxes.labels[index])
+        np.maximum(heatmap[channel], gauss, out=heatmap[channel])
+        heatmap[channel, iy, ix] = 1.0
         size[:, iy, ix] = (x1 - x0, y1 - y0)
         offset[:, iy, ix] = (cx - ix, cy - iy)
         mask[iy, ix] = 1.0
@@ -57,20 +89,27 @@ def make_targets(
         weight[iy, ix] = max(weight[iy, ix], 1.0)
         weight = weight / weight.sum()
         region = weight > 0
-        box_target[:, region] = (boxes.xyxy[index] * 1.0)[:, None]
-        box_weight[region] = weight[region]
+        box_target[group][:, region] = (boxes.xyxy[index] * 1.0)[:, None]
+        box_weight[group][region] = weight[region]
     return {
         "heatmap": heatmap,
         "size": size,
         "offset": offset,
         "mask": mask,
-        "box": box_target,
+        "box": box_target.reshape(groups * 4, out_h, out_w),
         "box_weight": box_weight,
     }
 
 
 def cell_boxes(ltrb: torch.Tensor, *, stride: int) -> torch.Tensor:
-    """(B, 4, H, W) edge distances in cells -> (B, 4, H, W) ``xyxy`` in network pixels."""
+    """(B, 4, H, W) edge distances in cells -> (B, 4, H, W) ``xyxy`` in network pixels.
+
+    ``(B, 4 * groups, H, W)`` gives ``(B, groups, 4, H, W)``.
+    """
+    if ltrb.shape[1] != 4:
+        batch, channels, height, width = ltrb.shape
+        flat = ltrb.reshape(batch * channels // 4, 4, height, width)
+        return cell_boxes(flat, stride=stride).reshape(batch, channels // 4, 4, height, width)
     height, width = ltrb.shape[-2:]
     ys = (torch.arange(height, device=ltrb.device, dtype=ltrb.dtype) + 0.5) * stride
     xs = (torch.arange(width, device=ltrb.device, dtype=ltrb.dtype) + 0.5) * stride
@@ -136,18 +175,23 @@ def centernet_loss(
 ) -> dict[str, torch.Tensor]:
     if "ltrb" in output:
         heat = focal_loss(output["heatmap"], targets["heatmap"])
-        weight = targets["box_weight"]
+        weight = targets["box_weight"]  # (B, groups, H, W)
         selected = weight > 0
         count = targets["mask"].sum().clamp(min=1.0)
         quality = output["quality"].sum() * 0.0 if "quality" in output else None
         if selected.any():
-            pred = cell_boxes(output["ltrb"].float(), stride=stride).permute(0, 2, 3, 1)[selected]
-            target = targets["box"].permute(0, 2, 3, 1)[selected]
+            batch, groups, height, width = weight.shape
+            per_group = (batch, groups, 4, height, width)
+            pred = cell_boxes(
+                output["ltrb"].float().reshape(batch, groups * 4, height, width), stride=stride
+            ).reshape(per_group)
+            pred = pred.permute(0, 1, 3, 4, 2)[selected]
+            target = targets["box"].reshape(per_group).permute(0, 1, 3, 4, 2)[selected]
             box = (giou_loss(pred, target) * weight[selected]).sum() / count
             if quality is not None:
                 # the IoU the box reaches now is the target (not a gradient path to the box)
                 reached = pairwise_iou(pred.detach(), target)
-                logits = output["quality"].float()[:, 0][selected]
+                logits = output["quality"].float()[selected]
                 bce = F.binary_cross_entropy_with_logits(logits, reached, reduction="none")
                 quality = (bce * weight[selected]).sum() / count
         else:
@@ -185,6 +229,8 @@ def decode(
     iou ** quality_exponent`` (IoU-aware RetinaNet's product; 0.5 there).
     """
     heat = torch.sigmoid(output["heatmap"].float())
+    groups = output["ltrb"].shape[1] // 4 if "ltrb" in output else 1
+    num_classes = heat.shape[1] // groups
     peaks = heat == F.max_pool2d(heat, 3, stride=1, padding=1)
     if "quality" in output:
         iou = torch.sigmoid(output["quality"].float())
@@ -196,11 +242,12 @@ def decode(
         scores, index = heat[b].reshape(-1).topk(min(max_objects, heat[b].numel()))
         keep = scores >= score_threshold
         scores, index = scores[keep], index[keep]
-        labels = index // (height * width)
+        channel = index // (height * width)
+        labels, group = channel % num_classes, channel // num_classes
         cell = index % (height * width)
         if "ltrb" in output:
-            boxes = cell_boxes(output["ltrb"][b : b + 1].float(), stride=stride)[0]
-            xyxy = boxes.reshape(4, -1)[:, cell].T
+            boxes = cell_boxes(output["ltrb"][b : b + 1].float(), stride=stride)
+            xyxy = boxes.reshape(groups, 4, -1)[group, :, cell]
             results.append(Boxes(xyxy.cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy()))
             continue
         ys, xs = (cell // width).float(), (cell % width).float()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +221,9 @@ class CenterNetDetector(nn.Module):
     ``box_encoding="size_offset"``, ``size`` (w, h in cells) and ``offset`` (sub-cell centre).
     ``iou_branch`` (``ltrb`` only) adds ``quality``: logits ``(B, 1, H/4, W/4)`` of the IoU of
     each cell's box with its object, from the box head's last layer (one more output channel).
+    ``size_split_px`` (``ltrb`` only) splits objects into size groups at these ``sqrt(w h)``
+    (network pixels), each with its own heatmap and ``ltrb`` channels (group-major:
+    ``heatmap`` has ``num_classes * groups`` channels, ``ltrb`` ``4 * groups``).
 
     >>> net = CenterNetDetector(box_encoding="ltrb", iou_branch=True)
     >>> tuple(net(torch.zeros(1, 1, 64, 64))["quality"].shape)
@@ -236,12 +240,19 @@ class CenterNetDetector(nn.Module):
         box_encoding: str = "size_offset",
         encoder_variant: int = 0,
         iou_branch: bool = False,
+        size_split_px: Sequence[float] = (),
     ) -> None:
         super().__init__()
         if box_encoding not in ("size_offset", "ltrb"):
             raise ValueError(f"box_encoding must be 'size_offset' or 'ltrb', not {box_encoding!r}")
         if iou_branch and box_encoding != "ltrb":
             raise ValueError("iou_branch needs box_encoding='ltrb'")
+        if size_split_px and (box_encoding != "ltrb" or iou_branch):
+            raise ValueError("size_split_px needs box_encoding='ltrb' and no iou_branch")
+        if list(size_split_px) != sorted(set(size_split_px)) or min(size_split_px, default=1) <= 0:
+            raise ValueError(f"size_split_px must rise and be > 0, got {list(size_split_px)}")
+        self.size_split_px = tuple(float(v) for v in size_split_px)
+        groups = len(self.size_split_px) + 1
         self.iou_branch = iou_branch
         self.num_classes = num_classes
         self.box_encoding = box_encoding
@@ -251,10 +262,10 @@ class CenterNetDetector(nn.Module):
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in self.encoder.channels)
         self.smooth = _conv_bn_relu(width, width)
         self.head_heatmap = nn.Sequential(
-            _conv_bn_relu(width, width), nn.Conv2d(width, num_classes, 1)
+            _conv_bn_relu(width, width), nn.Conv2d(width, num_classes * groups, 1)
         )
         self.head_box = nn.Sequential(
-            _conv_bn_relu(width, width), nn.Conv2d(width, 5 if iou_branch else 4, 1)
+            _conv_bn_relu(width, width), nn.Conv2d(width, 5 if iou_branch else 4 * groups, 1)
         )
         # focal-loss prior: start predicting "almost nothing" (CenterNet / RetinaNet init)
         nn.init.constant_(self.head_heatmap[-1].bias, -math.log((1 - 0.01) / 0.01))
@@ -268,7 +279,10 @@ class CenterNetDetector(nn.Module):
         merged = self.smooth(top)
         box = self.head_box(merged)
         if self.box_encoding == "ltrb":
-            output = {"heatmap": self.head_heatmap(merged), "ltrb": F.softplus(box[:, :4]) * 4.0}
+            output = {
+                "heatmap": self.head_heatmap(merged),
+                "ltrb": F.softplus(box[:, : box.shape[1] // 4 * 4]) * 4.0,
+            }
             if self.iou_branch:
                 output["quality"] = box[:, 4:]
             return output
@@ -282,4 +296,6 @@ class CenterNetDetector(nn.Module):
 def build_centernet(**params: object) -> CenterNetDetector:
     """Zoo builder: shipped models never re-load ImageNet weights."""
     params = {k: v for k, v in params.items() if k != "pretrained"}
+    if "size_split_px" in params:  # a JSON list in the card
+        params["size_split_px"] = tuple(params["size_split_px"])  # type: ignore[arg-type]
     return CenterNetDetector(pretrained=False, **params)  # type: ignore[arg-type]

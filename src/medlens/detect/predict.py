@@ -50,7 +50,8 @@ class Detector:
             return output
         # average with the left-right mirrored image (left/right distances swap)
         mirrored = self.network(batch.flip(-1))
-        ltrb = mirrored["ltrb"].flip(-1)[:, [2, 1, 0, 3]]
+        swap = [g * 4 + i for g in range(output["ltrb"].shape[1] // 4) for i in (2, 1, 0, 3)]
+        ltrb = mirrored["ltrb"].flip(-1)[:, swap]
         averaged = {"ltrb": (output["ltrb"] + ltrb) / 2}
         for key in ("heatmap", "quality"):  # probabilities averaged, given back as logits
             if key in output:

@@ -71,6 +71,8 @@ class DetectTrainConfig:
     box_encoding: str = "ltrb"
     encoder_variant: int = 0  # EfficientNet-Lite0, 1 or 2
     iou_branch: bool = False  # also predict each box's IoU (ranks the peaks)
+    # sqrt(w h) (network px) where a box moves to the next size group's heatmap and box channels
+    size_split_px: tuple[float, ...] = ()
     pretrained: bool = True
     init: Path | None = None
     max_iterations: int | None = None
@@ -113,6 +115,14 @@ class DetectTrainConfig:
             raise MedlensError(f"--minutes must be > 0, got {self.minutes:g}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise MedlensError(f"--ema-decay must be in (0, 1), got {self.ema_decay:g}")
+        splits = list(self.size_split_px)
+        if splits and (splits != sorted(set(splits)) or splits[0] <= 0):
+            raise MedlensError(
+                f"--size-split-px {splits}: the values must be > 0 and rising",
+                hint="e.g. --size-split-px 36 (tight stone boxes below, kidney-region boxes above)",
+            )
+        if splits and (self.iou_branch or self.box_encoding != "ltrb"):
+            raise MedlensError("--size-split-px and --iou-branch cannot be combined")
 
 
 def make_batch(
@@ -126,6 +136,7 @@ def make_batch(
     intensity_augment: IntensityAugment | None = None,
     mosaic_probability: float = 0.0,
     generator: torch.Generator | None = None,
+    size_split_px: tuple[float, ...] = (),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Boxes]]:
     """Normalised ``(B, 1, S, S)`` crops, their CenterNet targets and their boxes.
 
@@ -159,7 +170,13 @@ def make_batch(
     images = (images.clamp(0, 1) - GREY_MEAN) / GREY_STD
     shape = (images.shape[-2], images.shape[-1])
     targets = [
-        make_targets(b, shape=shape, num_classes=num_classes, stride=OUTPUT_STRIDE)
+        make_targets(
+            b,
+            shape=shape,
+            num_classes=num_classes,
+            stride=OUTPUT_STRIDE,
+            size_split_px=size_split_px,
+        )
         for b in crop_boxes
     ]
     stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
@@ -360,6 +377,8 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
         "encoder_variant": config.encoder_variant,
         "iou_branch": config.iou_branch,
     }
+    if config.size_split_px:  # cards without it have one size group
+        params["size_split_px"] = list(config.size_split_px)
     network = _initialised_network(config, params)
     # channels-last convolutions train ~1.3x faster on CPU (oneDNN) and suit tensor cores
     network.to(device, memory_format=torch.channels_last)
@@ -462,6 +481,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
                 intensity_augment=intensity_augment,
                 mosaic_probability=0.0 if closed else config.mosaic,
                 generator=generator,
+                size_split_px=config.size_split_px,
             )
             images = images.to(device, memory_format=torch.channels_last)
             targets = {k: v.to(device) for k, v in targets.items()}
@@ -522,6 +542,7 @@ def train_detector(config: DetectTrainConfig, *, log=print) -> dict[str, float]:
             "best_ap50": best,
             "commands": commands,
             "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
+            "architecture": params,  # typed: what --resume rebuilds
             "names": dict(names),
         }
         if ema is not None:
@@ -575,12 +596,22 @@ def _resumed_config(
             path=out,
             hint="resume with the data the run started on, or start a new run with --init",
         )
-    saved = state["config"]
+    architecture = state.get("architecture")
+    if architecture is not None:
+        return dataclasses.replace(
+            config,
+            box_encoding=architecture["box_encoding"],
+            encoder_variant=int(architecture["encoder_variant"]),
+            iou_branch=bool(architecture["iou_branch"]),
+            size_split_px=tuple(architecture.get("size_split_px", ())),
+        )
+    saved = state["config"]  # checkpoints before 2026-12-06 kept their options as text only
     return dataclasses.replace(
         config,
         box_encoding=saved.get("box_encoding", "size_offset"),
         encoder_variant=int(saved.get("encoder_variant", 0)),
-        iou_branch=str(saved.get("iou_branch", False)) == "True",  # saved as text
+        iou_branch=str(saved.get("iou_branch", False)) == "True",
+        size_split_px=(),
     )
 
 
@@ -751,6 +782,9 @@ def command_line(params: dict[str, object] | None = None) -> str:
         option = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             parts.append(option if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list | tuple):  # a repeatable option
+            for item in value:
+                parts += [option, f"{item:g}" if isinstance(item, float) else str(item)]
         else:
             parts += [option, str(value)]
     return " ".join(shlex.quote(p) for p in parts)
