@@ -589,6 +589,22 @@ def test_size_groups_are_recorded_in_the_card_kept_on_resume_and_exported_to_onn
     np.testing.assert_allclose(plain.xyxy[order], back + [width, 0, width, 0], atol=0.5)
 
 
+def test_resume_reads_the_architecture_of_checkpoints_that_kept_options_as_text(
+    tmp_path: Path,
+) -> None:
+    """Checkpoints before the typed ``architecture`` entry stored each option as text."""
+    from medlens.detect.train import DetectTrainConfig, _resumed_config
+
+    config = DetectTrainConfig(data=tmp_path, out=tmp_path)
+    text = {"box_encoding": "ltrb", "encoder_variant": "1", "iou_branch": "True"}
+    old = _resumed_config(config, {"config": text}, {0: "stone"}, tmp_path)
+    assert (old.encoder_variant, old.iou_branch, old.size_split_px) == (1, True, ())
+    typed = {"box_encoding": "ltrb", "encoder_variant": 0, "iou_branch": False}
+    state = {"config": text, "architecture": {**typed, "size_split_px": [36.0]}}
+    new = _resumed_config(config, state, {0: "stone"}, tmp_path)
+    assert (new.encoder_variant, new.iou_branch, new.size_split_px) == (0, False, (36.0,))
+
+
 def test_size_split_must_rise_and_exclude_the_iou_branch(stones: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     command = ["train", "detect", str(stones), "--out", str(run), *TRAIN_ARGS]
