@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -486,12 +487,27 @@ def test_iou_branch_learns_the_iou_each_box_reaches_and_ranks_peaks_by_it() -> N
     assert found.xyxy[0].tolist() == pytest.approx([18.0, 18, 26, 26])
 
 
+def onnx_matches_torch(model: Path, stones: Path, cache_dir: Path) -> tuple[Any, list[np.ndarray]]:
+    """The ONNX engine finds the boxes and scores PyTorch finds on the val images; gives the
+    PyTorch detector and those images."""
+    from medlens.detect.infer import load_detector
+
+    samples, _ = load_detection_data(stones, "val", names={0: "stone"})
+    pixels = [s.pixels for s in samples]
+    by_torch, _ = load_detector(model, conf=0.01, engine="torch")
+    by_onnx, _ = load_detector(model, conf=0.01, engine="onnx", cache_dir=cache_dir)
+    for torch_boxes, onnx_boxes in zip(by_torch(pixels), by_onnx(pixels), strict=True):
+        assert len(torch_boxes) == len(onnx_boxes) > 0
+        np.testing.assert_allclose(torch_boxes.scores, onnx_boxes.scores, atol=1e-3)
+        np.testing.assert_allclose(torch_boxes.xyxy, onnx_boxes.xyxy, atol=1e-2)
+    return by_torch, pixels
+
+
 def test_iou_branch_is_recorded_in_the_card_kept_on_resume_and_exported_to_onnx(
     stones: Path, tmp_path: Path
 ) -> None:
     """``--iou-branch`` adds the IoU output to the shipped architecture; ``--resume`` keeps
     it without the flag, and the ONNX engine scores boxes as PyTorch does."""
-    from medlens.detect.infer import load_detector
 
     run = tmp_path / "run"
     command = ["train", "detect", str(stones), "--out", str(run), *TRAIN_ARGS]
@@ -501,13 +517,7 @@ def test_iou_branch_is_recorded_in_the_card_kept_on_resume_and_exported_to_onnx(
     assert run_cli([*command, "--epochs", "2", "--resume", "--no-rescore"]) == 0
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
     assert checkpoint["epoch"] == 1 and checkpoint["model"]["head_box.1.weight"].shape[0] == 5
-    samples, _ = load_detection_data(stones, "val", names={0: "stone"})
-    pixels = [s.pixels for s in samples]
-    by_torch, _ = load_detector(run / "last", conf=0.01, engine="torch")
-    by_onnx, _ = load_detector(run / "last", conf=0.01, engine="onnx", cache_dir=tmp_path)
-    for torch_boxes, onnx_boxes in zip(by_torch(pixels), by_onnx(pixels), strict=True):
-        assert len(torch_boxes) == len(onnx_boxes) > 0
-        np.testing.assert_allclose(torch_boxes.scores, onnx_boxes.scores, atol=1e-3)
+    onnx_matches_torch(run / "last", stones, tmp_path)
 
 
 def test_size_groups_give_a_tight_and_a_loose_box_their_own_channels_at_one_cell() -> None:
@@ -560,7 +570,6 @@ def test_size_groups_are_recorded_in_the_card_kept_on_resume_and_exported_to_onn
     """``--size-split-px`` reaches the card and the exact command; ``--resume`` rebuilds the
     groups from the checkpoint's typed architecture, and the ONNX engine (and flip TTA, which
     swaps left and right per group) agree with PyTorch."""
-    from medlens.detect.infer import load_detector
 
     run = tmp_path / "run"
     command = ["train", "detect", str(stones), "--out", str(run), *TRAIN_ARGS]
@@ -572,13 +581,7 @@ def test_size_groups_are_recorded_in_the_card_kept_on_resume_and_exported_to_onn
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
     assert checkpoint["epoch"] == 1 and checkpoint["architecture"]["size_split_px"] == [20.0]
     assert checkpoint["model"]["head_box.1.weight"].shape[0] == 8
-    samples, _ = load_detection_data(stones, "val", names={0: "stone"})
-    pixels = [s.pixels for s in samples]
-    by_torch, _ = load_detector(run / "last", conf=0.01, engine="torch")
-    by_onnx, _ = load_detector(run / "last", conf=0.01, engine="onnx", cache_dir=tmp_path)
-    for torch_boxes, onnx_boxes in zip(by_torch(pixels), by_onnx(pixels), strict=True):
-        assert len(torch_boxes) == len(onnx_boxes) > 0
-        np.testing.assert_allclose(torch_boxes.xyxy, onnx_boxes.xyxy, atol=1e-2)
+    by_torch, pixels = onnx_matches_torch(run / "last", stones, tmp_path)
     # a mirrored image gives the mirrored boxes under flip TTA (left/right swapped per group)
     flipped = dataclasses.replace(by_torch, flip_tta=True)
     image = pixels[0]
