@@ -26,6 +26,22 @@ import torch.nn.functional as F
 from medlens.detect.boxes import Boxes
 
 
+def size_split_problem(
+    size_split_px: Sequence[float], *, box_encoding: str, iou_branch: bool
+) -> str | None:
+    """What is wrong with these size groups, or None (the network and the CLI both ask).
+
+    >>> size_split_problem([40, 20], box_encoding="ltrb", iou_branch=False)
+    'the values must be > 0 and rising, got [40, 20]'
+    """
+    splits = list(size_split_px)
+    if splits != sorted(set(splits)) or min(splits, default=1) <= 0:
+        return f"the values must be > 0 and rising, got {splits}"
+    if splits and (box_encoding != "ltrb" or iou_branch):
+        return "size groups need the ltrb box encoding and cannot be combined with the IoU branch"
+    return None
+
+
 def size_groups(boxes: Boxes, size_split_px: Sequence[float]) -> np.ndarray:
     """Size group of each box: how many of ``size_split_px`` its ``sqrt(w h)`` reaches.
 
@@ -102,14 +118,7 @@ def make_targets(
 
 
 def cell_boxes(ltrb: torch.Tensor, *, stride: int) -> torch.Tensor:
-    """(B, 4, H, W) edge distances in cells -> (B, 4, H, W) ``xyxy`` in network pixels.
-
-    ``(B, 4 * groups, H, W)`` gives ``(B, groups, 4, H, W)``.
-    """
-    if ltrb.shape[1] != 4:
-        batch, channels, height, width = ltrb.shape
-        flat = ltrb.reshape(batch * channels // 4, 4, height, width)
-        return cell_boxes(flat, stride=stride).reshape(batch, channels // 4, 4, height, width)
+    """(B, 4, H, W) edge distances in cells -> (B, 4, H, W) ``xyxy`` in network pixels."""
     height, width = ltrb.shape[-2:]
     ys = (torch.arange(height, device=ltrb.device, dtype=ltrb.dtype) + 0.5) * stride
     xs = (torch.arange(width, device=ltrb.device, dtype=ltrb.dtype) + 0.5) * stride
@@ -182,9 +191,8 @@ def centernet_loss(
         if selected.any():
             batch, groups, height, width = weight.shape
             per_group = (batch, groups, 4, height, width)
-            pred = cell_boxes(
-                output["ltrb"].float().reshape(batch, groups * 4, height, width), stride=stride
-            ).reshape(per_group)
+            ltrb = output["ltrb"].float().reshape(batch * groups, 4, height, width)
+            pred = cell_boxes(ltrb, stride=stride).reshape(per_group)
             pred = pred.permute(0, 1, 3, 4, 2)[selected]
             target = targets["box"].reshape(per_group).permute(0, 1, 3, 4, 2)[selected]
             box = (giou_loss(pred, target) * weight[selected]).sum() / count
@@ -246,7 +254,8 @@ def decode(
         labels, group = channel % num_classes, channel // num_classes
         cell = index % (height * width)
         if "ltrb" in output:
-            boxes = cell_boxes(output["ltrb"][b : b + 1].float(), stride=stride)
+            ltrb = output["ltrb"][b].float().reshape(groups, 4, height, width)
+            boxes = cell_boxes(ltrb, stride=stride)
             xyxy = boxes.reshape(groups, 4, -1)[group, :, cell]
             results.append(Boxes(xyxy.cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy()))
             continue

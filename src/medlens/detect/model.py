@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medlens.detect.centernet import size_split_problem
 from medlens.errors import MedlensError
 
 #: (repeats, kernel, stride, expand, in, out) of EfficientNet-Lite0 (= B0 without SE).
@@ -247,12 +248,12 @@ class CenterNetDetector(nn.Module):
             raise ValueError(f"box_encoding must be 'size_offset' or 'ltrb', not {box_encoding!r}")
         if iou_branch and box_encoding != "ltrb":
             raise ValueError("iou_branch needs box_encoding='ltrb'")
-        if size_split_px and (box_encoding != "ltrb" or iou_branch):
-            raise ValueError("size_split_px needs box_encoding='ltrb' and no iou_branch")
-        if list(size_split_px) != sorted(set(size_split_px)) or min(size_split_px, default=1) <= 0:
-            raise ValueError(f"size_split_px must rise and be > 0, got {list(size_split_px)}")
-        self.size_split_px = tuple(float(v) for v in size_split_px)
-        groups = len(self.size_split_px) + 1
+        problem = size_split_problem(
+            size_split_px, box_encoding=box_encoding, iou_branch=iou_branch
+        )
+        if problem:
+            raise ValueError(f"size_split_px: {problem}")
+        groups = len(size_split_px) + 1
         self.iou_branch = iou_branch
         self.num_classes = num_classes
         self.box_encoding = box_encoding
@@ -296,6 +297,4 @@ class CenterNetDetector(nn.Module):
 def build_centernet(**params: object) -> CenterNetDetector:
     """Zoo builder: shipped models never re-load ImageNet weights."""
     params = {k: v for k, v in params.items() if k != "pretrained"}
-    if "size_split_px" in params:  # a JSON list in the card
-        params["size_split_px"] = tuple(params["size_split_px"])  # type: ignore[arg-type]
     return CenterNetDetector(pretrained=False, **params)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from medlens.detect.augment import (
     mosaic,
 )
 from medlens.detect.boxes import Boxes
-from medlens.detect.centernet import centernet_loss, make_targets
+from medlens.detect.centernet import centernet_loss, make_targets, size_split_problem
 from medlens.detect.data import DetectionSample, load_detection_data
 from medlens.detect.model import GREY_MEAN, GREY_STD, OUTPUT_STRIDE, CenterNetDetector
 from medlens.detect.predict import Detector
@@ -115,14 +115,14 @@ class DetectTrainConfig:
             raise MedlensError(f"--minutes must be > 0, got {self.minutes:g}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise MedlensError(f"--ema-decay must be in (0, 1), got {self.ema_decay:g}")
-        splits = list(self.size_split_px)
-        if splits and (splits != sorted(set(splits)) or splits[0] <= 0):
+        problem = size_split_problem(
+            self.size_split_px, box_encoding=self.box_encoding, iou_branch=self.iou_branch
+        )
+        if problem:
             raise MedlensError(
-                f"--size-split-px {splits}: the values must be > 0 and rising",
+                f"--size-split-px: {problem}",
                 hint="e.g. --size-split-px 36 (tight stone boxes below, kidney-region boxes above)",
             )
-        if splits and (self.iou_branch or self.box_encoding != "ltrb"):
-            raise MedlensError("--size-split-px and --iou-branch cannot be combined")
 
 
 def make_batch(
@@ -601,8 +601,8 @@ def _resumed_config(
         return dataclasses.replace(
             config,
             box_encoding=architecture["box_encoding"],
-            encoder_variant=int(architecture["encoder_variant"]),
-            iou_branch=bool(architecture["iou_branch"]),
+            encoder_variant=architecture["encoder_variant"],
+            iou_branch=architecture["iou_branch"],
             size_split_px=tuple(architecture.get("size_split_px", ())),
         )
     saved = state["config"]  # checkpoints before 2026-12-06 kept their options as text only
